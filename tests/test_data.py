@@ -1,0 +1,192 @@
+"""Data loading, validation, tokenization cache and length grouping, on real files and the real tokenizer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from emotions_pl import sources
+from emotions_pl.data import LABELS, DataValidationError, EmotionDataModule, load_splits
+
+
+def write_split(folder: Path, split: str, rows: list[dict], fmt: str = "jsonl") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{split}.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif fmt == "csv":
+        pd.DataFrame(rows).to_csv(path, index=False)
+    else:
+        pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+def sample_rows(sample_dir: Path, split: str) -> list[dict]:
+    return [json.loads(line) for line in (sample_dir / f"{split}.jsonl").read_text().splitlines()]
+
+
+def copy_sample(sample_dir: Path, dest: Path, fmt: str = "jsonl", names: bool = False) -> Path:
+    for split in ("train", "validation", "test"):
+        rows = sample_rows(sample_dir, split)
+        if names:
+            rows = [{"text": r["text"], "label": LABELS[r["label"]]} for r in rows]
+        write_split(dest, split, rows, fmt)
+    return dest
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_each_format_loads_the_same_rows(sample_dir: Path, tmp_path: Path, fmt: str) -> None:
+    folder = copy_sample(sample_dir, tmp_path / fmt, fmt)
+    tables = load_splits(str(folder), LABELS)
+    expected = sample_rows(sample_dir, "train")
+    assert tables["train"]["text"].tolist() == [r["text"] for r in expected]
+    assert tables["train"]["label"].tolist() == [r["label"] for r in expected]
+    assert {len(tables[s]) for s in ("validation", "test")} == {24}
+
+
+def test_label_names_are_mapped_to_indices(sample_dir: Path, tmp_path: Path) -> None:
+    folder = copy_sample(sample_dir, tmp_path / "names", "csv", names=True)
+    tables = load_splits(str(folder), LABELS)
+    assert tables["test"]["label"].tolist() == [r["label"] for r in sample_rows(sample_dir, "test")]
+
+
+def test_package_source_resolves_to_the_shipped_sample(sample_dir: Path) -> None:
+    assert Path(sources.resolve("package:emotions_pl/sample")) == sample_dir
+    assert sources.resolve("dair-ai/emotion") == "dair-ai/emotion"
+
+
+def corrupt(sample_dir: Path, tmp_path: Path, split: str, index: int, row: dict | None) -> Path:
+    folder = copy_sample(sample_dir, tmp_path / "bad")
+    rows = sample_rows(sample_dir, split)
+    if row is None:
+        rows.pop(index)
+    else:
+        rows[index] = row
+    write_split(folder, split, rows)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("split", "row", "message"),
+    [
+        ("train", {"text": "   ", "label": 1}, r"train\.jsonl: 1 bad row\(s\): row 4: empty or non-text 'text'"),
+        ("validation", {"text": "i feel odd", "label": 9}, r"validation\.jsonl: 1 bad row\(s\): row 4: label 9 is outside 0\.\.5"),
+        ("test", {"text": "i feel odd", "label": "bored"}, r"test\.jsonl: 1 bad row\(s\): row 4: label 'bored' is not one of"),
+    ],
+)
+def test_bad_rows_name_file_row_and_problem(sample_dir, tmp_path, split, row, message) -> None:
+    folder = corrupt(sample_dir, tmp_path, split, 3, row)
+    with pytest.raises(DataValidationError, match=message):
+        load_splits(str(folder), LABELS)
+
+
+def test_missing_file_is_named(sample_dir: Path, tmp_path: Path) -> None:
+    folder = copy_sample(sample_dir, tmp_path / "nofile")
+    (folder / "validation.jsonl").unlink()
+    with pytest.raises(DataValidationError, match=r"no 'validation' split; expected one of validation\.jsonl"):
+        load_splits(str(folder), LABELS)
+
+
+def test_missing_column_is_named(sample_dir: Path, tmp_path: Path) -> None:
+    folder = copy_sample(sample_dir, tmp_path / "nocol")
+    rows = [{"tweet": r["text"], "label": r["label"]} for r in sample_rows(sample_dir, "train")]
+    write_split(folder, "train", rows)
+    with pytest.raises(DataValidationError, match=r"train\.jsonl: missing column\(s\) \['text'\]"):
+        load_splits(str(folder), LABELS)
+
+
+def test_split_missing_a_class_is_refused(sample_dir: Path, tmp_path: Path) -> None:
+    folder = copy_sample(sample_dir, tmp_path / "noclass")
+    rows = [r for r in sample_rows(sample_dir, "test") if r["label"] != 5]
+    write_split(folder, "test", rows)
+    with pytest.raises(DataValidationError, match=r"test\.jsonl: no examples of class\(es\) \['surprise'\]"):
+        load_splits(str(folder), LABELS)
+
+
+def test_invalid_json_line_is_named(sample_dir: Path, tmp_path: Path) -> None:
+    folder = copy_sample(sample_dir, tmp_path / "badjson")
+    path = folder / "train.jsonl"
+    lines = path.read_text().splitlines()
+    lines[6] = '{"text": "oops", "label": '
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataValidationError, match=r"train\.jsonl line 7: invalid JSON"):
+        load_splits(str(folder), LABELS)
+
+
+def test_unset_source_without_env_says_what_to_do(monkeypatch) -> None:
+    monkeypatch.delenv(sources.DATA_DIR_ENV, raising=False)
+    with pytest.raises(DataValidationError, match="EMOTIONS_DATA_DIR"):
+        EmotionDataModule(source=None).source  # noqa: B018
+
+
+def test_hub_id_offline_fails_in_one_sentence(monkeypatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    with pytest.raises(sources.HubUnreachableError, match="Cannot reach the Hugging Face hub.*--data.source"):
+        load_splits("dair-ai/emotion", LABELS)
+
+
+def make_dm(sample_dir: Path, minilm_dir: Path, tmp_path: Path, **kwargs) -> EmotionDataModule:
+    return EmotionDataModule(
+        source=str(sample_dir), tokenizer_name=str(minilm_dir), cache_dir=str(tmp_path / "cache"), **kwargs
+    )
+
+
+def test_tokenization_truncates_and_is_cached(sample_dir, minilm_dir, tmp_path, tokenizer) -> None:
+    dm = make_dm(sample_dir, minilm_dir, tmp_path, max_length=8)
+    dm.setup("fit")
+    assert dm.cache_hits == {"train": False, "validation": False, "test": False}
+    assert max(dm.lengths("train")) == 8
+    first = dm.splits["train"][0]
+    assert first["input_ids"] == tokenizer(first["text"], truncation=True, max_length=8)["input_ids"]
+    again = make_dm(sample_dir, minilm_dir, tmp_path, max_length=8)
+    again.setup("fit")
+    assert again.cache_hits == {"train": True, "validation": True, "test": True}
+    assert again.splits["train"]["input_ids"] == dm.splits["train"]["input_ids"]
+    other = make_dm(sample_dir, minilm_dir, tmp_path, max_length=16)
+    other.setup("fit")
+    assert other.cache_hits["train"] is False  # a different max_length is a different cache entry
+
+
+def padding_fraction(loader) -> float:
+    pad = total = 0
+    for batch in loader:
+        mask = batch["attention_mask"]
+        pad += int((mask == 0).sum())
+        total += mask.numel()
+    return pad / total
+
+
+def test_length_grouping_cuts_padding_and_is_seeded(shared_data, minilm_dir, tmp_path) -> None:
+    """On the real validation texts, grouped batches carry far less padding than random ones."""
+    folder = tmp_path / "real"
+    folder.mkdir()
+    for split in ("train", "validation", "test"):
+        shutil.copy(shared_data / "validation.jsonl", folder / f"{split}.jsonl")  # 2k rows, all classes
+    grouped = make_dm(folder, minilm_dir, tmp_path, batch_size=32, group_by_length=True)
+    grouped.setup("fit")
+    plain = make_dm(folder, minilm_dir, tmp_path, batch_size=32, group_by_length=False)
+    plain.setup("fit")
+    grouped_pad = padding_fraction(grouped.train_dataloader())
+    random_pad = padding_fraction(plain.train_dataloader())
+    assert grouped_pad < 0.5 * random_pad, (grouped_pad, random_pad)
+    order = [b["labels"].tolist() for b in grouped.train_dataloader()]
+    assert order == [b["labels"].tolist() for b in grouped.train_dataloader()]  # same seed, same epoch
+    loader = grouped.train_dataloader()
+    loader.sampler.set_epoch(1)
+    assert [b["labels"].tolist() for b in loader] != order  # reshuffled next epoch
+    assert sum(len(b) for b in order) == 2000  # nothing dropped
+
+
+def test_collator_pads_per_batch_and_keeps_texts(sample_dir, minilm_dir, tmp_path) -> None:
+    dm = make_dm(sample_dir, minilm_dir, tmp_path, batch_size=4)
+    dm.setup("predict")
+    batch = next(iter(dm.predict_dataloader()))
+    assert batch["input_ids"].shape[1] == int(batch["attention_mask"].sum(1).max())
+    assert batch["text"] == dm.splits["test"]["text"][:4]
+    assert batch["labels"].dtype == torch.long

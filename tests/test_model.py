@@ -1,0 +1,108 @@
+"""The LightningModule on a tiny random-init model with the real tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from emotions_pl.data import LABELS
+from emotions_pl.model import EmotionClassifier
+
+TINY = {"model_type": "distilbert", "dim": 32, "hidden_dim": 64, "n_layers": 2, "n_heads": 2}
+
+
+@pytest.fixture
+def tiny(minilm_dir) -> EmotionClassifier:
+    torch.manual_seed(0)
+    return EmotionClassifier(str(minilm_dir), random_init_config=TINY, learning_rate=1e-3)
+
+
+@pytest.fixture
+def batch(tokenizer) -> dict[str, torch.Tensor]:
+    texts = ["i feel so happy today", "i am scared of the dark", "i feel sad and alone", "what a surprise"]
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    return {**enc, "labels": torch.tensor([1, 4, 0, 5])}
+
+
+def test_labels_and_shapes(tiny: EmotionClassifier, batch, tokenizer) -> None:
+    assert tiny.model.config.id2label == dict(enumerate(LABELS))
+    assert tiny.model.config.label2id["surprise"] == 5
+    assert tiny.model.config.vocab_size == len(tokenizer)
+    logits = tiny(batch["input_ids"], batch["attention_mask"])
+    assert logits.shape == (4, 6)
+
+
+def test_loss_falls_on_a_fixed_batch(tiny: EmotionClassifier, batch) -> None:
+    optimizer = torch.optim.AdamW(tiny.parameters(), lr=5e-3)
+    losses = []
+    for _ in range(30):
+        loss = tiny._loss(tiny(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_metrics_on_hand_made_predictions(tiny: EmotionClassifier) -> None:
+    # 6 samples: predictions right for sadness x2, joy, love; anger->fear; surprise->joy.
+    target = torch.tensor([0, 0, 1, 2, 3, 5])
+    predicted = torch.tensor([0, 0, 1, 2, 4, 1])
+    logits = torch.nn.functional.one_hot(predicted, 6).float()
+    tiny.test_metrics.update(logits, target)
+    tiny.test_f1_per_class.update(logits, target)
+    values = tiny.test_metrics.compute()
+    assert values["test/acc"].item() == pytest.approx(4 / 6)
+    per_class = tiny.test_f1_per_class.compute().tolist()
+    # joy: tp=1 fp=1 fn=0 -> f1=2/3; anger: 0; fear: 0 (fp only, no support); surprise: 0
+    assert per_class == pytest.approx([1.0, 2 / 3, 1.0, 0.0, 0.0, 0.0])
+    assert values["test/f1_macro"].item() == pytest.approx(sum(per_class) / 6)
+
+
+def test_no_weight_decay_on_bias_and_layernorm(tiny: EmotionClassifier) -> None:
+    names = dict(tiny.named_parameters())
+    decayed, plain = [], []
+    for name in names:
+        (plain if name.endswith(("bias", "layer_norm.weight", "LayerNorm.weight")) else decayed).append(name)
+    assert plain and decayed
+
+    class FakeTrainer:
+        estimated_stepping_batches = 100
+
+    tiny.trainer = FakeTrainer()  # type: ignore[assignment]
+    config = tiny.configure_optimizers()
+    groups = config["optimizer"].param_groups
+    assert groups[0]["weight_decay"] == 0.01 and groups[1]["weight_decay"] == 0.0
+    assert {id(p) for p in groups[1]["params"]} == {id(names[n]) for n in plain}
+    scheduler = config["lr_scheduler"]["scheduler"]
+    assert scheduler.get_last_lr()[0] == 0.0  # warm-up starts at zero
+    for _ in range(10):
+        config["optimizer"].step()
+        scheduler.step()
+    assert scheduler.get_last_lr()[0] == pytest.approx(1e-3)  # 10% of 100 steps: peak
+    for _ in range(90):
+        config["optimizer"].step()
+        scheduler.step()
+    assert scheduler.get_last_lr()[0] == pytest.approx(0.0)
+
+
+def test_predict_step_returns_label_score_and_probabilities(tiny: EmotionClassifier, batch) -> None:
+    rows = tiny.predict_step({**batch, "text": ["a", "b", "c", "d"]}, 0)
+    assert [r["text"] for r in rows] == ["a", "b", "c", "d"]
+    for row in rows:
+        assert set(row["probabilities"]) == set(LABELS)
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert row["score"] == max(row["probabilities"].values())
+        assert row["probabilities"][row["label"]] == row["score"]
+
+
+def test_class_weights_must_match_labels(minilm_dir) -> None:
+    with pytest.raises(ValueError, match="class_weights has 2 values for 6 labels"):
+        EmotionClassifier(str(minilm_dir), random_init_config=TINY, class_weights=[1.0, 2.0])
+
+
+def test_pretrained_backbone_trains_with_dropout_on(minilm_dir) -> None:
+    """from_pretrained returns eval mode; fine-tuning must run with dropout (train mode)."""
+    model = EmotionClassifier(str(minilm_dir))
+    assert all(m.training for m in model.model.modules())
+    assert model.model.config.num_labels == 6
