@@ -60,10 +60,21 @@ def run_emotions_pl(cfg: dict) -> dict:
     from emotions_pl.model import EmotionClassifier
 
     pl.seed_everything(HPARAMS["seed"], verbose=False)
-    dm = EmotionDataModule(source=cfg["folder"], tokenizer_name=MINILM, max_length=cfg["max_length"],
-                           batch_size=HPARAMS["batch_size"], cache_dir=cfg["cache"], seed=HPARAMS["seed"])
-    model = EmotionClassifier(MINILM, random_init_config=MODELS[cfg["model"]], learning_rate=HPARAMS["learning_rate"],
-                              weight_decay=HPARAMS["weight_decay"], warmup_ratio=HPARAMS["warmup_ratio"])
+    dm = EmotionDataModule(
+        source=cfg["folder"],
+        tokenizer_name=MINILM,
+        max_length=cfg["max_length"],
+        batch_size=HPARAMS["batch_size"],
+        cache_dir=cfg["cache"],
+        seed=HPARAMS["seed"],
+    )
+    model = EmotionClassifier(
+        MINILM,
+        random_init_config=MODELS[cfg["model"]],
+        learning_rate=HPARAMS["learning_rate"],
+        weight_decay=HPARAMS["weight_decay"],
+        warmup_ratio=HPARAMS["warmup_ratio"],
+    )
 
     class Clock(pl.Callback):
         def on_train_epoch_start(self, trainer, module):
@@ -73,21 +84,39 @@ def run_emotions_pl(cfg: dict) -> dict:
             self.seconds = time.perf_counter() - self.start
 
     clock = Clock()
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[clock])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[clock],
+    )
     trainer.fit(model, datamodule=dm)
     start = time.perf_counter()
     trainer.validate(model, datamodule=dm, verbose=False)
     val_seconds = time.perf_counter() - start
-    return {"samples": len(dm.splits["train"]), "seconds": clock.seconds,
-            "val_samples_per_s": len(dm.splits["validation"]) / val_seconds}
+    return {
+        "samples": len(dm.splits["train"]),
+        "seconds": clock.seconds,
+        "val_samples_per_s": len(dm.splits["validation"]) / val_seconds,
+    }
 
 
 def run_hf_trainer(cfg: dict, tuned: bool) -> dict:
     import datasets
-    from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer,
-                              DataCollatorWithPadding, Trainer, TrainingArguments, set_seed)
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
     from emotions_pl.sources import resolve
 
@@ -100,18 +129,33 @@ def run_hf_trainer(cfg: dict, tuned: bool) -> dict:
         arch = dict(MODELS[cfg["model"]])
         config = AutoConfig.for_model(arch.pop("model_type"), **arch, num_labels=6, vocab_size=len(tokenizer))
         model = AutoModelForSequenceClassification.from_config(config)
-    train = datasets.load_dataset("json", data_files=str(Path(cfg["folder"]) / "train.jsonl"), split="train",
-                                  cache_dir=cfg["cache"])
-    train = train.map(lambda b: tokenizer(b["text"], truncation=True, max_length=cfg["max_length"]),
-                      batched=True, remove_columns=["text"])
+    train = datasets.load_dataset(
+        "json", data_files=str(Path(cfg["folder"]) / "train.jsonl"), split="train", cache_dir=cfg["cache"]
+    )
+    train = train.map(
+        lambda b: tokenizer(b["text"], truncation=True, max_length=cfg["max_length"]),
+        batched=True,
+        remove_columns=["text"],
+    )
     args = TrainingArguments(
-        output_dir=cfg["cache"] + "/hf_out", per_device_train_batch_size=HPARAMS["batch_size"], num_train_epochs=1,
-        learning_rate=HPARAMS["learning_rate"], weight_decay=HPARAMS["weight_decay"],
-        warmup_steps=HPARAMS["warmup_ratio"], eval_strategy="no", save_strategy="no", logging_strategy="no",
-        report_to="none", disable_tqdm=True, use_cpu=True, seed=HPARAMS["seed"],
+        output_dir=cfg["cache"] + "/hf_out",
+        per_device_train_batch_size=HPARAMS["batch_size"],
+        num_train_epochs=1,
+        learning_rate=HPARAMS["learning_rate"],
+        weight_decay=HPARAMS["weight_decay"],
+        warmup_steps=HPARAMS["warmup_ratio"],
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=HPARAMS["seed"],
         train_sampling_strategy="group_by_length" if tuned else "random",
     )
-    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer))
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer)
+    )
     start = time.perf_counter()
     trainer.train()
     return {"samples": len(train), "seconds": time.perf_counter() - start}
@@ -125,8 +169,14 @@ def run_bare(cfg: dict) -> dict:
     from emotions_pl.model import EmotionClassifier
 
     torch.manual_seed(HPARAMS["seed"])
-    dm = EmotionDataModule(source=cfg["folder"], tokenizer_name=MINILM, max_length=cfg["max_length"],
-                           batch_size=HPARAMS["batch_size"], cache_dir=cfg["cache"], seed=HPARAMS["seed"])
+    dm = EmotionDataModule(
+        source=cfg["folder"],
+        tokenizer_name=MINILM,
+        max_length=cfg["max_length"],
+        batch_size=HPARAMS["batch_size"],
+        cache_dir=cfg["cache"],
+        seed=HPARAMS["seed"],
+    )
     dm.setup("fit")
     batches = list(dm.train_dataloader())
     model = EmotionClassifier(MINILM, random_init_config=MODELS[cfg["model"]])
@@ -156,12 +206,13 @@ def worker(cfg: dict) -> None:
 
 def measure(cfg: dict) -> dict:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True, text=True,
-                          env=env)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True, text=True, env=env
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise RuntimeError(f"{cfg}: failed\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
@@ -178,49 +229,99 @@ def compare(args: argparse.Namespace, root: Path) -> dict:
         for model in args.models:
             order = CONTENDERS if repeat % 2 == 0 else CONTENDERS[::-1]  # alternate to cancel drift
             for name, runner, max_length in order:
-                cfg = {"runner": runner, "model": model, "max_length": max_length, "folder": str(folder),
-                       "cache": str(root / "cache")}
+                cfg = {
+                    "runner": runner,
+                    "model": model,
+                    "max_length": max_length,
+                    "folder": str(folder),
+                    "cache": str(root / "cache"),
+                }
                 result = measure(cfg)
                 runs.setdefault((model, name), []).append(result)
-                print(f"repeat {repeat} {model:10s} {name:20s} {result['samples_per_s']:.1f} samples/s", flush=True)
+                print(
+                    f"repeat {repeat} {model:10s} {name:20s} {result['samples_per_s']:.1f} samples/s",
+                    flush=True,
+                )
     rows = []
     for model in args.models:
-        med = {name: statistics.median(r["samples_per_s"] for r in runs[(model, name)]) for name, _, _ in CONTENDERS}
+        med = {
+            name: statistics.median(r["samples_per_s"] for r in runs[(model, name)])
+            for name, _, _ in CONTENDERS
+        }
         for name, _, max_length in CONTENDERS:
             results = runs[(model, name)]
-            rows.append({
-                "model": model, "contender": name, "max_length": max_length,
-                "samples_per_s": round(med[name], 1),
-                "spread": f"{min(r['samples_per_s'] for r in results):.1f}-{max(r['samples_per_s'] for r in results):.1f}",
-                "peak_rss_mb": round(statistics.median(r["peak_rss_mb"] for r in results)),
-                "vs_b": round(med[name] / med["b_hf_trainer"], 2),
-                "vs_c": round(med[name] / med["c_hf_trainer_tuned"], 2),
-                "vs_bound": round(med[name] / med["bare_bound"], 2),
-            })
-    print(table(rows, ["model", "contender", "max_length", "samples_per_s", "spread", "peak_rss_mb", "vs_b", "vs_c",
-                       "vs_bound"]))
-    return {"kind": "compare", "samples": args.samples[0], "repeats": args.repeats, "hparams": HPARAMS,
-            "rows": rows, "raw": {f"{m}/{n}": v for (m, n), v in runs.items()}}
+            rows.append(
+                {
+                    "model": model,
+                    "contender": name,
+                    "max_length": max_length,
+                    "samples_per_s": round(med[name], 1),
+                    "spread": "{:.1f}-{:.1f}".format(*sorted(r["samples_per_s"] for r in results)[:: len(results) - 1]),
+                    "peak_rss_mb": round(statistics.median(r["peak_rss_mb"] for r in results)),
+                    "vs_b": round(med[name] / med["b_hf_trainer"], 2),
+                    "vs_c": round(med[name] / med["c_hf_trainer_tuned"], 2),
+                    "vs_bound": round(med[name] / med["bare_bound"], 2),
+                }
+            )
+    print(
+        table(
+            rows,
+            [
+                "model",
+                "contender",
+                "max_length",
+                "samples_per_s",
+                "spread",
+                "peak_rss_mb",
+                "vs_b",
+                "vs_c",
+                "vs_bound",
+            ],
+        )
+    )
+    return {
+        "kind": "compare",
+        "samples": args.samples[0],
+        "repeats": args.repeats,
+        "hparams": HPARAMS,
+        "rows": rows,
+        "raw": {f"{m}/{n}": v for (m, n), v in runs.items()},
+    }
 
 
 def scaling(args: argparse.Namespace, root: Path) -> dict:
     rows = []
     for samples in args.samples:
         for max_length in args.max_lengths:
-            cfg = {"runner": "emotions_pl", "model": args.models[0], "max_length": max_length,
-                   "folder": str(subset_folder(args.data, samples, root)), "cache": str(root / "cache")}
+            cfg = {
+                "runner": "emotions_pl",
+                "model": args.models[0],
+                "max_length": max_length,
+                "folder": str(subset_folder(args.data, samples, root)),
+                "cache": str(root / "cache"),
+            }
             result = measure(cfg)
-            rows.append({"samples": result["samples"], "max_length": max_length,
-                         "epoch_s": round(result["seconds"], 1), "samples_per_s": round(result["samples_per_s"], 1)})
+            rows.append(
+                {
+                    "samples": result["samples"],
+                    "max_length": max_length,
+                    "epoch_s": round(result["seconds"], 1),
+                    "samples_per_s": round(result["samples_per_s"], 1),
+                }
+            )
             print(rows[-1], flush=True)
     print(table(rows, ["samples", "max_length", "epoch_s", "samples_per_s"]))
     return {"kind": "scaling", "model": args.models[0], "rows": rows}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("EMOTIONS_DATA_DIR", "../shared/data/emotion")))
+    parser.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("EMOTIONS_DATA_DIR", "../shared/data/emotion"))
+    )
     parser.add_argument("--models", type=lambda s: s.split(","), default=["minilm", "distilbert"])
     parser.add_argument("--samples", type=lambda s: [int(x) for x in s.split(",")], default=[2000])
     parser.add_argument("--max-lengths", type=lambda s: [int(x) for x in s.split(",")], default=[32, 64, 128])

@@ -51,7 +51,9 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def run_module(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_module(
+    *args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run ``python -m emotions_pl ARGS`` as a user would; fail the test with its output if it fails."""
     proc = subprocess.run(
         [sys.executable, "-m", "emotions_pl", *args],
@@ -61,7 +63,9 @@ def run_module(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict | N
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
-    assert proc.returncode == 0, f"emotions_pl {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0, (
+        f"emotions_pl {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    )
     return proc
 
 
@@ -71,9 +75,12 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("smoke_run")
     proc = run_module(
         "fit",
-        "--config", "configs/experiment/smoke.yaml",
-        "--trainer.default_root_dir", str(run_dir),
-        "--trainer.enable_progress_bar", "false",
+        "--config",
+        "configs/experiment/smoke.yaml",
+        "--trainer.default_root_dir",
+        str(run_dir),
+        "--trainer.enable_progress_bar",
+        "false",
     )
     (run_dir / "fit.out").write_text(proc.stdout)
     return run_dir

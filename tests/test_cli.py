@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, run_module
 
+from conftest import REPO, run_module
 from emotions_pl.data import LABELS
 
 
@@ -25,9 +25,15 @@ def test_fit_saves_checkpoints_logs_and_resolved_config(smoke_run: Path) -> None
     assert ckpt["datamodule_hyper_parameters"]["tokenizer_name"] == config["model"]["model_name_or_path"]
     assert ckpt["hyper_parameters"]["label_names"] == config["data"]["label_names"] == LABELS
     assert config["trainer"]["precision"] == "32-true"  # resolved on CPU
-    metrics = (next(smoke_run.glob("logs/version_*/metrics.csv"))).read_text().splitlines()[0]
+    log = next(smoke_run.glob("logs/version_*/metrics.csv")).read_text().splitlines()
     for key in ("train/loss", "val/loss", "val/acc", "val/f1_macro"):
-        assert key in metrics.split(",")
+        assert key in log[0].split(",")
+    epochs = [
+        int(row["epoch"])
+        for row in (dict(zip(log[0].split(","), r.split(","), strict=True)) for r in log[1:])
+        if row["epoch"]
+    ]
+    assert ckpt["epoch"] == max(epochs)  # last.ckpt is the latest epoch, not the best one
 
 
 def test_checkpoint_loads_with_weights_only(smoke_ckpt: Path) -> None:
@@ -37,8 +43,16 @@ def test_checkpoint_loads_with_weights_only(smoke_ckpt: Path) -> None:
 
 
 def test_test_and_predict_through_the_cli(smoke_run: Path, sample_dir: Path, tmp_path: Path) -> None:
-    common = ["--config", "configs/experiment/smoke.yaml", "--trainer.default_root_dir", str(tmp_path),
-              "--ckpt_path", str(smoke_run / "checkpoints" / "last.ckpt"), "--trainer.enable_progress_bar", "false"]
+    common = [
+        "--config",
+        "configs/experiment/smoke.yaml",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--ckpt_path",
+        str(smoke_run / "checkpoints" / "last.ckpt"),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     tested = run_module("test", *common).stdout
     metrics = json.loads(tested.split("metrics: ", 1)[1].splitlines()[0])
     assert 0.0 <= metrics["test/acc"] <= 1.0 and 0.0 <= metrics["test/f1_macro"] <= 1.0
@@ -51,14 +65,22 @@ def test_test_and_predict_through_the_cli(smoke_run: Path, sample_dir: Path, tmp
     assert [r["text"] for r in rows] == texts  # every row, in order
     for row in rows:
         assert row["label"] in LABELS and row["probabilities"][row["label"]] == row["score"]
-    correct = sum(r["label"] == LABELS[json.loads(t)["label"]] for r, t in
-                  zip(rows, (sample_dir / "test.jsonl").read_text().splitlines(), strict=True))
+    correct = sum(
+        r["label"] == LABELS[json.loads(t)["label"]]
+        for r, t in zip(rows, (sample_dir / "test.jsonl").read_text().splitlines(), strict=True)
+    )
     assert correct / len(rows) == pytest.approx(metrics["test/acc"], abs=1e-4)  # predict agrees with test
 
 
 def test_resume_from_last_continues_at_the_right_step(tmp_path: Path) -> None:
-    common = ["--config", "configs/experiment/smoke.yaml", "--trainer.default_root_dir", str(tmp_path),
-              "--trainer.enable_progress_bar", "false"]
+    common = [
+        "--config",
+        "configs/experiment/smoke.yaml",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     run_module("fit", *common, "--trainer.max_steps", "6")  # 48 samples / batch 8 = one epoch
     last = tmp_path / "checkpoints" / "last.ckpt"
     first = torch.load(last, weights_only=True)
@@ -72,9 +94,22 @@ def test_resume_from_last_continues_at_the_right_step(tmp_path: Path) -> None:
 
 
 def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
-    run_module("fit", "--config", "configs/experiment/smoke.yaml", "--trainer", "configs/trainer/ddp.yaml",
-               "--trainer.accelerator", "cpu", "--trainer.max_epochs", "2", "--trainer.default_root_dir",
-               str(tmp_path), "--trainer.enable_progress_bar", "false", timeout=300)
+    run_module(
+        "fit",
+        "--config",
+        "configs/experiment/smoke.yaml",
+        "--trainer",
+        "configs/trainer/ddp.yaml",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.enable_progress_bar",
+        "false",
+        timeout=300,
+    )
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2 * 3  # each of 2 ranks sees 24 of 48 samples: 3 batches an epoch
 

@@ -74,9 +74,21 @@ def corrupt(sample_dir: Path, tmp_path: Path, split: str, index: int, row: dict 
 @pytest.mark.parametrize(
     ("split", "row", "message"),
     [
-        ("train", {"text": "   ", "label": 1}, r"train\.jsonl: 1 bad row\(s\): row 4: empty or non-text 'text'"),
-        ("validation", {"text": "i feel odd", "label": 9}, r"validation\.jsonl: 1 bad row\(s\): row 4: label 9 is outside 0\.\.5"),
-        ("test", {"text": "i feel odd", "label": "bored"}, r"test\.jsonl: 1 bad row\(s\): row 4: label 'bored' is not one of"),
+        (
+            "train",
+            {"text": "   ", "label": 1},
+            r"train\.jsonl: 1 bad row\(s\): row 4: empty or non-text 'text'",
+        ),
+        (
+            "validation",
+            {"text": "i feel odd", "label": 9},
+            r"validation\.jsonl: 1 bad row\(s\): row 4: label 9 is outside 0\.\.5",
+        ),
+        (
+            "test",
+            {"text": "i feel odd", "label": "bored"},
+            r"test\.jsonl: 1 bad row\(s\): row 4: label 'bored' is not one of",
+        ),
     ],
 )
 def test_bad_rows_name_file_row_and_problem(sample_dir, tmp_path, split, row, message) -> None:
@@ -88,7 +100,9 @@ def test_bad_rows_name_file_row_and_problem(sample_dir, tmp_path, split, row, me
 def test_missing_file_is_named(sample_dir: Path, tmp_path: Path) -> None:
     folder = copy_sample(sample_dir, tmp_path / "nofile")
     (folder / "validation.jsonl").unlink()
-    with pytest.raises(DataValidationError, match=r"no 'validation' split; expected one of validation\.jsonl"):
+    with pytest.raises(
+        DataValidationError, match=r"no 'validation' split; expected one of validation\.jsonl"
+    ):
         load_splits(str(folder), LABELS)
 
 
@@ -127,7 +141,7 @@ def test_unset_source_without_env_says_what_to_do(monkeypatch) -> None:
 def test_hub_id_offline_fails_in_one_sentence(monkeypatch) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
-    with pytest.raises(sources.HubUnreachableError, match="Cannot reach the Hugging Face hub.*--data.source"):
+    with pytest.raises(sources.HubUnreachableError, match=r"Cannot reach the Hugging Face hub.*--data\.source"):
         load_splits("dair-ai/emotion", LABELS)
 
 

@@ -6,7 +6,14 @@ import importlib
 import sys
 
 # Sub-commands that are not LightningCLI's; each module exposes ``main(argv)``.
-TOOLS = {}
+TOOLS = {
+    "export": "emotions_pl.export",
+    "serve": "emotions_pl.serve",
+    "data": "emotions_pl.materialize",
+    "evaluate": "emotions_pl.evaluate",
+    "drift": "emotions_pl.drift",
+    "robustness": "emotions_pl.robustness",
+}
 
 
 def main(argv: list[str] | None = None) -> None:

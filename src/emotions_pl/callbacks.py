@@ -41,7 +41,9 @@ class PredictionsWriter(BasePredictionWriter):
         super().__init__(write_interval="epoch")
         self.output_path = Path(output_path or "predictions.jsonl")
 
-    def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Any, batch_indices: Any) -> None:
+    def write_on_epoch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Any, batch_indices: Any
+    ) -> None:
         path = self.output_path
         if trainer.world_size > 1:
             path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")

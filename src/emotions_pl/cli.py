@@ -54,13 +54,16 @@ class EmotionsCLI(LightningCLI):
         trainer = self.trainer
         if not trainer.is_global_zero:
             return
-        ckpt = trainer.checkpoint_callback
-        if self.subcommand == "fit" and ckpt is not None and ckpt.best_model_path:
-            print(f"checkpoint: best {ckpt.best_model_path} ({ckpt.monitor}={float(ckpt.best_model_score):.4f}); "
-                  f"last {ckpt.last_model_path}")
+        for ckpt in trainer.checkpoint_callbacks if self.subcommand == "fit" else []:
+            if ckpt.monitor and ckpt.best_model_path:
+                print(f"checkpoint: best {ckpt.best_model_path} ({ckpt.monitor}={ckpt.best_model_score:.4f})")
+            elif ckpt.best_model_path:
+                print(f"checkpoint: latest {ckpt.best_model_path}")
         if trainer.log_dir:
             print(f"logs and resolved config: {trainer.log_dir}")
-        metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if not k.startswith("lr-")}
+        metrics = {
+            k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if not k.startswith("lr-")
+        }
         if metrics:
             print("metrics: " + json.dumps(metrics, sort_keys=True))
 

@@ -90,7 +90,9 @@ def validate_split(frame: pd.DataFrame, where: str, label_names: Sequence[str], 
             problems.append(f"{row}: label {label!r} is not one of {list(label_names)}")
     if problems:
         shown = "; ".join(problems[:MAX_PROBLEMS_SHOWN])
-        more = f" (and {len(problems) - MAX_PROBLEMS_SHOWN} more)" if len(problems) > MAX_PROBLEMS_SHOWN else ""
+        more = (
+            f" (and {len(problems) - MAX_PROBLEMS_SHOWN} more)" if len(problems) > MAX_PROBLEMS_SHOWN else ""
+        )
         raise DataValidationError(f"{where}: {len(problems)} bad row(s): {shown}{more}.")
     absent = [label_names[k] for k in range(len(label_names)) if k not in set(labels)]
     if absent:
@@ -105,7 +107,9 @@ def load_splits(source: str, label_names: Sequence[str]) -> dict[str, pd.DataFra
     folder = Path(sources.resolve(source))
     if folder.exists():
         if not folder.is_dir():
-            raise DataValidationError(f"{folder}: data source must be a folder with train/validation/test files.")
+            raise DataValidationError(
+                f"{folder}: data source must be a folder with train/validation/test files."
+            )
         tables = {}
         for split in SPLITS:
             path = find_split_file(folder, split)
@@ -113,7 +117,9 @@ def load_splits(source: str, label_names: Sequence[str]) -> dict[str, pd.DataFra
             labels = validate_split(frame, str(path), label_names, offset)
             tables[split] = pd.DataFrame({"text": frame["text"].tolist(), "label": labels})
         return tables
-    sources.check_hub(source, "data set", f"pass a local folder with --data.source or set {sources.DATA_DIR_ENV}")
+    sources.check_hub(
+        source, "data set", f"pass a local folder with --data.source or set {sources.DATA_DIR_ENV}"
+    )
     hub = datasets.load_dataset(source)
     names = hub["train"].features["label"].names
     if list(names) != list(label_names):
@@ -163,7 +169,8 @@ class EmotionDataModule(pl.LightningDataModule):
         label_names: class names in index order.
         max_length: truncation length in tokens; batches are padded only to their longest text.
         group_by_length: bucket training batches by length (shuffled, seeded) to cut padding.
-        cache_dir: where tokenized splits are kept (default ``$EMOTIONS_CACHE_DIR`` or ``~/.cache/emotions_pl``).
+        cache_dir: where tokenized splits are kept (default ``$EMOTIONS_CACHE_DIR``, else
+            ``~/.cache/emotions_pl``).
     """
 
     def __init__(
@@ -222,8 +229,11 @@ class EmotionDataModule(pl.LightningDataModule):
         tables = load_splits(self.source, self.label_names)
         tok_id = fingerprint(type(self.tokenizer).__name__, self.tokenizer.backend_tokenizer.to_str())
         for split, frame in tables.items():
-            key = fingerprint(pd.util.hash_pandas_object(frame, index=False).values.tobytes(), tok_id,
-                              self.hparams.max_length)
+            key = fingerprint(
+                pd.util.hash_pandas_object(frame, index=False).values.tobytes(),
+                tok_id,
+                self.hparams.max_length,
+            )
             self.splits[split] = self._tokenized(frame, self.cache_root / f"{split}-{key}", split)
 
     def _tokenized(self, frame: pd.DataFrame, path: Path, split: str) -> datasets.Dataset:
@@ -263,7 +273,9 @@ class EmotionDataModule(pl.LightningDataModule):
             pin_memory=pin,
             persistent_workers=self.hparams.num_workers > 0,
         )
-        batch_size = self.hparams.batch_size if train else self.hparams.eval_batch_size or self.hparams.batch_size
+        batch_size = (
+            self.hparams.batch_size if train else self.hparams.eval_batch_size or self.hparams.batch_size
+        )
         if train and self.hparams.group_by_length:
             trainer = self.trainer
             sampler = DistributedLengthGroupedSampler(

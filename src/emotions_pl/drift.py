@@ -1,0 +1,606 @@
+"""``python -m emotions_pl drift``: has the traffic moved away from the data the model was trained on?
+
+Compares a reference (training data) with a current sample (the server's prediction logs or a data
+file) on text length, out-of-vocabulary rate, tokenizer ``[UNK]`` rate, predicted-label shares and
+prediction confidence. Each check is a two-sample test; a check drifts only when its p-value is
+below the Bonferroni-corrected level *and* its effect size passes a floor, so that large samples of
+the same distribution (where tiny differences become "significant") do not raise false alarms.
+Writes ``drift.json`` and ``drift.html`` and exits 1 when drift passes the threshold, so it can gate
+a job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import os
+import random
+import re
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from emotions_pl.data import FORMATS, LABELS, DataValidationError, find_split_file, read_table
+
+# Fields of the server's prediction log lines (predlog.py); a data file has ``text`` instead.
+LOG_LENGTH, LOG_LABEL, LOG_SCORE = "text_chars", "label", "score"
+DEFAULT_MIN_EFFECT = {"text_length": 0.1, "oov_rate": 0.05, "unk_rate": 0.02, "label": 0.1, "score": 0.1}
+SMALL_SAMPLE = 50
+_WORDS = re.compile(r"\w+")
+
+
+@dataclass
+class Sample:
+    """One side of the comparison, reduced to what the checks need."""
+
+    source: str
+    kind: str  # "data" or "log"
+    length: np.ndarray
+    text: list[str] | None = None
+    label: list[str] | None = None
+    label_kind: str | None = None  # "true" or "predicted"
+    score: np.ndarray | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.length)
+
+
+@dataclass
+class Check:
+    name: str
+    test: str
+    p_value: float | None
+    effect: float | None
+    effect_name: str
+    min_effect: float
+    drift: bool = False
+    skipped: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def data_files(path: Path, role: str) -> list[Path]:
+    """A file, or a folder's files: a data folder's train split, else every jsonl/csv/parquet inside."""
+    if not path.exists():
+        raise FileNotFoundError(f"--{role}: {path} does not exist.")
+    if path.is_file():
+        return [path]
+    if role == "reference" and any((path / f"train{ext}").exists() for ext in FORMATS):
+        return [find_split_file(path, "train")]
+    files = sorted(p for p in path.iterdir() if p.is_file() and is_table(p))
+    if not files:
+        raise DataValidationError(f"--{role}: {path} holds no .jsonl, .csv or .parquet files.")
+    return files
+
+
+def is_table(path: Path) -> bool:
+    """Data and log files, including rotated logs such as ``predictions.jsonl.1``."""
+    return path.suffix in FORMATS or bool(re.fullmatch(r".*\.jsonl\.\d+", path.name))
+
+
+def read_records(path: Path) -> tuple[pd.DataFrame, int]:
+    """Like ``data.read_table`` (frame, row-number offset), but tolerant of a log's blank last line."""
+    if path.suffix in (".csv", ".parquet"):
+        return read_table(path)
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataValidationError(f"{path} line {number}: invalid JSON ({e.msg}).") from e
+            if not isinstance(row, dict):
+                raise DataValidationError(f"{path} line {number}: expected a JSON object.")
+            rows.append(row)
+    return pd.DataFrame(rows), 1
+
+
+def label_name(value: Any, labels: Sequence[str], where: str) -> str:
+    if isinstance(value, str) and value.strip().lower() in labels:
+        return value.strip().lower()
+    is_index = not isinstance(value, bool) and isinstance(value, int | float) and float(value).is_integer()
+    if is_index and 0 <= int(value) < len(labels):
+        return labels[int(value)]
+    raise DataValidationError(f"{where}: label {value!r} is not one of {list(labels)} or an index into them.")
+
+
+def load_sample(paths: Sequence[Path], role: str, labels: Sequence[str]) -> Sample:
+    """Read data files (``text``, optional ``label``) or prediction logs (``text_length``, ``label``,
+    ``score``, and ``text`` when the server was asked to keep it)."""
+    files = [f for p in paths for f in data_files(p, role)]
+    texts: list[str] = []
+    lengths: list[int] = []
+    names: list[str] = []
+    scores: list[float] = []
+    kinds = set()
+    for path in files:
+        frame, offset = read_records(path)
+        if frame.empty:
+            continue
+        kind = "data" if "text" in frame.columns and LOG_LENGTH not in frame.columns else "log"
+        if kind == "log" and LOG_LENGTH not in frame.columns:
+            raise DataValidationError(
+                f"{path}: needs a 'text' column (data) or '{LOG_LENGTH}' (prediction log); "
+                f"found {list(frame.columns)}."
+            )
+        kinds.add(kind)
+        if len(kinds) > 1:
+            raise DataValidationError(
+                f"--{role}: mixes data files and prediction logs ({path}); pass one kind."
+            )
+        if kind == "log" and LOG_LABEL in frame.columns:
+            frame = frame[frame[LOG_LABEL].notna()]  # failed requests carry no prediction
+        for i, row in enumerate(frame.to_dict("records")):
+            where = f"{path} row {frame.index[i] + offset}"
+            if kind == "data":
+                text = row["text"]
+                if not isinstance(text, str):
+                    raise DataValidationError(f"{where}: 'text' is {text!r}, not a string.")
+                texts.append(text)
+                lengths.append(len(text))
+            else:
+                length = row[LOG_LENGTH]
+                if isinstance(length, bool) or not isinstance(length, int | float) or length < 0:
+                    raise DataValidationError(f"{where}: '{LOG_LENGTH}' is {length!r}, not a length.")
+                lengths.append(int(length))
+                if isinstance(row.get("text"), str):
+                    texts.append(row["text"])
+            if "label" in row and row["label"] is not None:
+                names.append(label_name(row["label"], labels, where))
+            if kind == "log" and isinstance(row.get(LOG_SCORE), int | float):
+                scores.append(float(row[LOG_SCORE]))
+    if not lengths:
+        raise DataValidationError(f"--{role}: {', '.join(map(str, files))} hold no rows.")
+    n = len(lengths)
+    (kind,) = kinds
+    return Sample(
+        source=", ".join(map(str, files)),
+        kind=kind,
+        length=np.asarray(lengths, dtype=float),
+        text=texts if len(texts) == n else None,
+        label=names if len(names) == n else None,
+        label_kind=("true" if kind == "data" else "predicted") if len(names) == n else None,
+        score=np.asarray(scores) if len(scores) == n else None,
+    )
+
+
+def subsample(sample: Sample, max_rows: int, seed: int) -> Sample:
+    """Keep at most ``max_rows`` rows (seeded) so that predicting and testing stay fast."""
+    if sample.size <= max_rows:
+        return sample
+    keep = sorted(random.Random(seed).sample(range(sample.size), max_rows))
+
+    def pick(values: Any) -> Any:
+        if values is None:
+            return None
+        return values[keep] if isinstance(values, np.ndarray) else [values[i] for i in keep]
+
+    return Sample(
+        sample.source,
+        sample.kind,
+        pick(sample.length),
+        pick(sample.text),
+        pick(sample.label),
+        sample.label_kind,
+        pick(sample.score),
+    )
+
+
+def add_predictions(sample: Sample, predictor: Any) -> None:
+    """Replace labels and scores by the model's predictions (needs the texts)."""
+    if sample.text is None:
+        return
+    probs = predictor.predict_proba(sample.text)
+    sample.label = [predictor.labels[i] for i in probs.argmax(1)]
+    sample.label_kind = "predicted"
+    sample.score = probs.max(1)
+
+
+# ---------------------------------------------------------------- checks
+
+
+def words(text: str) -> list[str]:
+    return _WORDS.findall(text.lower())
+
+
+def oov_fractions(texts: Sequence[str], vocabulary: set[str]) -> tuple[np.ndarray, float]:
+    """Per-text out-of-vocabulary share (texts are the independent units) and the pooled token rate."""
+    per_text, oov, total = [], 0, 0
+    for text in texts:
+        tokens = words(text)
+        missing = sum(t not in vocabulary for t in tokens)
+        per_text.append(missing / len(tokens) if tokens else 0.0)
+        oov, total = oov + missing, total + len(tokens)
+    return np.asarray(per_text), oov / max(total, 1)
+
+
+def unk_fractions(texts: Sequence[str], tokenizer: Any) -> tuple[np.ndarray, float]:
+    ids = tokenizer(list(texts), add_special_tokens=False, verbose=False)[
+        "input_ids"
+    ]  # no truncation: count all
+    unk = tokenizer.unk_token_id
+    per_text = np.asarray([sum(i == unk for i in row) / len(row) if row else 0.0 for row in ids])
+    return per_text, sum(sum(i == unk for i in row) for row in ids) / max(sum(map(len, ids)), 1)
+
+
+def ks_check(name: str, ref: np.ndarray, cur: np.ndarray, min_effect: float) -> Check:
+    result = stats.ks_2samp(ref, cur)
+    return Check(
+        name,
+        "two-sample Kolmogorov-Smirnov",
+        float(result.pvalue),
+        float(result.statistic),
+        "KS distance",
+        min_effect,
+        details={
+            "reference": {"mean": float(ref.mean()), "median": float(np.median(ref))},
+            "current": {"mean": float(cur.mean()), "median": float(np.median(cur))},
+        },
+    )
+
+
+def rate_check(
+    name: str, ref: tuple[np.ndarray, float], cur: tuple[np.ndarray, float], min_effect: float, note: str
+) -> Check:
+    """Mann-Whitney U on per-text rates; the effect is the difference of the pooled token rates."""
+    (ref_texts, ref_rate), (cur_texts, cur_rate) = ref, cur
+    if np.array_equal(np.unique(np.concatenate([ref_texts, cur_texts])), [0.0]):
+        p = 1.0  # no unknown token on either side; the U test is undefined on all-equal data
+    else:
+        p = float(stats.mannwhitneyu(ref_texts, cur_texts, alternative="two-sided").pvalue)
+    return Check(
+        name,
+        "Mann-Whitney U on per-text rates",
+        p,
+        cur_rate - ref_rate,
+        "rate difference (current - ref)",
+        min_effect,
+        details={"reference_rate": ref_rate, "current_rate": cur_rate, "note": note},
+    )
+
+
+def label_check(ref: Sequence[str], cur: Sequence[str], labels: Sequence[str], min_effect: float) -> Check:
+    """Chi-square test of homogeneity on the label counts; the effect is the total variation distance."""
+    ref_counts, cur_counts = Counter(ref), Counter(cur)
+    used = [name for name in labels if ref_counts[name] + cur_counts[name] > 0]
+    table = np.array([[ref_counts[n] for n in used], [cur_counts[n] for n in used]])
+    p = float(stats.chi2_contingency(table).pvalue) if len(used) > 1 else 1.0
+    ref_share, cur_share = table[0] / table[0].sum(), table[1] / table[1].sum()
+    return Check(
+        "label",
+        "chi-square test of homogeneity",
+        p,
+        float(0.5 * np.abs(ref_share - cur_share).sum()),
+        "total variation distance",
+        min_effect,
+        details={
+            "reference_share": dict(zip(used, ref_share.round(4).tolist(), strict=True)),
+            "current_share": dict(zip(used, cur_share.round(4).tolist(), strict=True)),
+        },
+    )
+
+
+def skipped(name: str, reason: str, min_effect: float) -> Check:
+    return Check(name, "", None, None, "", min_effect, skipped=reason)
+
+
+def run_checks(
+    ref: Sample,
+    cur: Sample,
+    labels: Sequence[str],
+    min_effect: dict[str, float],
+    alpha: float = 0.01,
+    tokenizer: Any = None,
+    seed: int = 0,
+) -> list[Check]:
+    """Run every check the two samples allow; a check drifts when p < alpha / checks run and the effect
+    reaches its floor."""
+    checks = [ks_check("text_length", ref.length, cur.length, min_effect["text_length"])]
+
+    if ref.text is None or cur.text is None or ref.size < 8:
+        checks.append(
+            skipped(
+                "oov_rate",
+                "needs texts on both sides (logs keep none unless asked to)",
+                min_effect["oov_rate"],
+            )
+        )
+    else:
+        # The reference's own OOV rate is measured on a held-out part, against the vocabulary of the rest,
+        # so that both sides are compared with a vocabulary that has not seen them.
+        order = list(range(ref.size))
+        random.Random(seed).shuffle(order)
+        n_hold = min(ref.size // 4, 2000)
+        held, rest = order[:n_hold], order[n_hold:]
+        vocabulary = {w for i in rest for w in words(ref.text[i])}
+        checks.append(
+            rate_check(
+                "oov_rate",
+                oov_fractions([ref.text[i] for i in held], vocabulary),
+                oov_fractions(cur.text, vocabulary),
+                min_effect["oov_rate"],
+                f"vocabulary of {len(vocabulary)} words from {len(rest)} reference texts; "
+                f"reference rate on {n_hold} held-out texts",
+            )
+        )
+
+    if tokenizer is None or ref.text is None or cur.text is None:
+        checks.append(
+            skipped(
+                "unk_rate", "needs --model (its tokenizer) and texts on both sides", min_effect["unk_rate"]
+            )
+        )
+    else:
+        checks.append(
+            rate_check(
+                "unk_rate",
+                unk_fractions(ref.text, tokenizer),
+                unk_fractions(cur.text, tokenizer),
+                min_effect["unk_rate"],
+                f"share of {tokenizer.unk_token} tokens",
+            )
+        )
+
+    if ref.label is None or cur.label is None:
+        checks.append(skipped("label", "needs labels or predictions on both sides", min_effect["label"]))
+    elif ref.label_kind != cur.label_kind:
+        checks.append(
+            skipped(
+                "label",
+                f"reference labels are {ref.label_kind}, current {cur.label_kind}: "
+                "pass --model to compare predictions with predictions",
+                min_effect["label"],
+            )
+        )
+    else:
+        check = label_check(ref.label, cur.label, labels, min_effect["label"])
+        check.details["labels"] = cur.label_kind
+        checks.append(check)
+
+    if ref.score is None or cur.score is None:
+        checks.append(
+            skipped("score", "needs prediction scores on both sides (--model or logs)", min_effect["score"])
+        )
+    else:
+        checks.append(ks_check("score", ref.score, cur.score, min_effect["score"]))
+
+    ran = [c for c in checks if c.skipped is None]
+    for check in ran:
+        check.drift = bool(check.p_value < alpha / len(ran) and abs(check.effect) >= check.min_effect)
+    return checks
+
+
+# ---------------------------------------------------------------- report
+
+
+def _figure_png(draw: Any) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    draw(ax)
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def figures(ref: Sample, cur: Sample, labels: Sequence[str]) -> dict[str, str]:
+    out = {}
+
+    def lengths(ax: Any) -> None:
+        bins = np.histogram_bin_edges(np.concatenate([ref.length, cur.length]), bins=30)
+        ax.hist(ref.length, bins=bins, density=True, alpha=0.5, label="reference")
+        ax.hist(cur.length, bins=bins, density=True, alpha=0.5, label="current")
+        ax.set_xlabel("text length (characters)")
+
+    out["text length"] = _figure_png(lengths)
+    if ref.label is not None and cur.label is not None:
+
+        def shares(ax: Any) -> None:
+            x = np.arange(len(labels))
+            for offset, (name, values) in zip(
+                (-0.2, 0.2), (("reference", ref.label), ("current", cur.label)), strict=True
+            ):
+                counts = Counter(values)
+                ax.bar(x + offset, [counts[n] / len(values) for n in labels], width=0.4, label=name)
+            ax.set_xticks(x, labels)
+            ax.set_ylabel("share")
+
+        out["labels"] = _figure_png(shares)
+    if ref.score is not None and cur.score is not None:
+
+        def scores(ax: Any) -> None:
+            bins = np.linspace(0, 1, 21)
+            ax.hist(ref.score, bins=bins, density=True, alpha=0.5, label="reference")
+            ax.hist(cur.score, bins=bins, density=True, alpha=0.5, label="current")
+            ax.set_xlabel("prediction score (top probability)")
+
+        out["prediction scores"] = _figure_png(scores)
+    return out
+
+
+def render_html(summary: dict[str, Any], images: dict[str, str]) -> str:
+    def fmt(value: Any) -> str:
+        return (
+            "" if value is None else f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
+        )
+
+    rows = []
+    for c in summary["checks"]:
+        status = "skipped" if c["skipped"] else "DRIFT" if c["drift"] else "ok"
+        rows.append(
+            f"<tr class='{status.lower()}'><td>{c['name']}</td><td>{status}</td><td>{fmt(c['test'])}</td>"
+            f"<td>{fmt(c['p_value'])}</td><td>{fmt(c['effect'])} <small>{fmt(c['effect_name'])}</small></td>"
+            f"<td>{fmt(c['min_effect'])}</td><td>{fmt(c['skipped'] or json.dumps(c['details']))}</td></tr>"
+        )
+    verdict = "DRIFT" if summary["drift"] else "no drift"
+    pictures = "".join(
+        f"<figure><img src='data:image/png;base64,{png}' alt='{html.escape(title)}'>"
+        f"<figcaption>{html.escape(title)}</figcaption></figure>"
+        for title, png in images.items()
+    )
+    ref, cur = summary["reference"], summary["current"]
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>emotions_pl drift: {verdict}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}} tr.drift{{background:#fdd}}
+tr.skipped{{color:#888}} figure{{display:inline-block;margin:0 1em 1em 0}}</style></head><body>
+<h1>Drift: {verdict}</h1>
+<p>{summary["drifted"]} of {summary["checks_run"]} checks drifted (the job fails at {summary["threshold"]}).
+A check drifts when p &lt; {summary["alpha"]} / {summary["checks_run"]} (Bonferroni)
+and |effect| &ge; its floor.</p>
+<p>Reference: {html.escape(ref["source"])} ({ref["rows"]} rows, {ref["kind"]})<br>
+Current: {html.escape(cur["source"])} ({cur["rows"]} rows, {cur["kind"]})</p>
+<table><tr><th>check</th><th>status</th><th>test</th><th>p-value</th><th>effect</th><th>floor</th>
+<th>details</th></tr>{"".join(rows)}</table>
+{pictures}
+</body></html>
+"""
+
+
+def write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def parse_effects(values: Sequence[str]) -> dict[str, float]:
+    floors = dict(DEFAULT_MIN_EFFECT)
+    for value in values:
+        name, sep, number = value.partition("=")
+        if not sep or name not in floors:
+            raise ValueError(f"--min-effect {value!r}: expected NAME=VALUE with NAME in {sorted(floors)}.")
+        floors[name] = float(number)
+    return floors
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="emotions_pl drift", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--reference",
+        required=True,
+        type=Path,
+        nargs="+",
+        help="training data: a file, a data folder (its train split) or earlier logs",
+    )
+    p.add_argument(
+        "--current",
+        required=True,
+        type=Path,
+        nargs="+",
+        help="prediction logs (files or a folder from `serve --log-dir`) or data files",
+    )
+    p.add_argument(
+        "--model", help="exported model folder: predicts labels/scores for data files, adds [UNK] rate"
+    )
+    p.add_argument("--variant", default="fp32", help="model variant to predict with (fp32, onnx, int8)")
+    p.add_argument("--output", required=True, type=Path, help="folder for drift.json and drift.html")
+    p.add_argument("--alpha", type=float, default=0.01, help="family-wise significance level (Bonferroni)")
+    p.add_argument("--threshold", type=int, default=1, help="fail (exit 1) when this many checks drift")
+    p.add_argument(
+        "--min-effect",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"effect-size floor per check; defaults {DEFAULT_MIN_EFFECT}",
+    )
+    p.add_argument("--max-rows", type=int, default=5000, help="sample at most this many rows per side")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def drift(args: argparse.Namespace) -> dict[str, Any]:
+    floors = parse_effects(args.min_effect)
+    if args.threshold < 1 or args.max_rows < 1 or not 0 < args.alpha < 1:
+        raise ValueError("--threshold and --max-rows must be >= 1 and --alpha between 0 and 1.")
+    predictor = tokenizer = None
+    labels: Sequence[str] = LABELS
+    if args.model:
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        from emotions_pl.inference import load_predictor
+
+        hf_logging.disable_progress_bar()
+
+        predictor = load_predictor(args.model, variant=args.variant)
+        labels = list(predictor.labels)
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    ref = subsample(load_sample(args.reference, "reference", labels), args.max_rows, args.seed)
+    cur = subsample(load_sample(args.current, "current", labels), args.max_rows, args.seed)
+    if predictor is not None:
+        for sample in (ref, cur):
+            add_predictions(sample, predictor)
+    checks = run_checks(ref, cur, labels, floors, args.alpha, tokenizer, args.seed)
+    ran = [c for c in checks if c.skipped is None]
+    drifted = sum(c.drift for c in ran)
+    warnings = [
+        f"{role} has only {s.size} rows; the tests have little power"
+        for role, s in (("reference", ref), ("current", cur))
+        if s.size < SMALL_SAMPLE
+    ]
+    summary = {
+        "drift": drifted >= args.threshold,
+        "drifted": drifted,
+        "checks_run": len(ran),
+        "threshold": args.threshold,
+        "alpha": args.alpha,
+        "alpha_per_check": args.alpha / max(len(ran), 1),
+        "model": args.model,
+        "reference": {"source": ref.source, "kind": ref.kind, "rows": ref.size},
+        "current": {"source": cur.source, "kind": cur.kind, "rows": cur.size},
+        "warnings": warnings,
+        "checks": [asdict(c) for c in checks],
+    }
+    args.output.mkdir(parents=True, exist_ok=True)
+    write_atomic(args.output / "drift.json", json.dumps(summary, indent=2) + "\n")
+    write_atomic(args.output / "drift.html", render_html(summary, figures(ref, cur, labels)))
+    return summary
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = drift(args)
+    except (DataValidationError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for c in summary["checks"]:
+        if c["skipped"]:
+            print(f"{c['name']:<12} skipped: {c['skipped']}")
+        else:
+            status = "DRIFT" if c["drift"] else "ok"
+            print(
+                f"{c['name']:<12} {status:<6} p={c['p_value']:.3g} {c['effect_name']}={c['effect']:.3f} "
+                f"(floor {c['min_effect']})"
+            )
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}")
+    verdict = "DRIFT" if summary["drift"] else "no drift"
+    print(f"{verdict}: {summary['drifted']}/{summary['checks_run']} checks drifted; report in {args.output}")
+    return 1 if summary["drift"] else 0

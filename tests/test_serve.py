@@ -1,0 +1,300 @@
+"""The server as a real process on 127.0.0.1: bad input, parity over HTTP, load, metrics, auth, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import REPO
+from emotions_pl import serve
+from emotions_pl.client import EmotionClient, EmotionServiceError
+from emotions_pl.data import LABELS
+from emotions_pl.inference import load_predictor
+
+pytestmark = pytest.mark.integration
+
+TEXTS = [
+    "i feel so happy and grateful today",
+    "i am terrified of what comes next",
+    "why would anyone do that, i am furious",
+    "i love spending quiet evenings with you",
+    "wow, i did not see that coming at all",
+    "i feel empty and tired of everything",
+    " ".join(["a long text that the tokenizer truncates at the export's max length"] * 12),
+]
+
+
+class Server:
+    """``python -m emotions_pl serve`` on a free loopback port; ``stop`` checks that no process is left."""
+
+    def __init__(self, model_dir: Path, log_path: Path, *args: str, env: dict[str, str] | None = None):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        environ = {k: v for k, v in os.environ.items() if k != serve.API_KEY_ENV} | (env or {})
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "emotions_pl",
+                "serve",
+                "--model",
+                str(model_dir),
+                "--port",
+                str(self.port),
+                *args,
+            ],
+            cwd=REPO,
+            env=environ,
+            stdout=log_path.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as under a terminal
+        )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"server exited early:\n{self.log()}"
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    self.family = psutil.Process(self.proc.pid).children(recursive=True)
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        self.proc.kill()
+        raise AssertionError(f"server not healthy after 180 s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self, sig: int = signal.SIGINT) -> None:
+        """SIGINT to the whole group (Ctrl+C in a terminal), SIGTERM to the main process (docker stop)."""
+        if sig == signal.SIGINT:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            for p in [*self.family, psutil.Process(self.proc.pid)]:
+                p.kill()
+            raise
+        _, alive = psutil.wait_procs(self.family, timeout=15)
+        assert rc == 0, f"server exited with {rc}:\n{self.log()}"
+        assert not alive, f"orphaned processes after {signal.Signals(sig).name}: {alive}"
+        assert "Traceback" not in self.log(), self.log()
+
+
+@pytest.fixture(scope="module")
+def server(exported_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """fp32, no API key, prediction log on; stopped with SIGINT (Ctrl+C) at the end, checked for orphans."""
+    tmp = tmp_path_factory.mktemp("server")
+    srv = Server(
+        exported_dir, tmp / "server.log", "--log-dir", str(tmp / "predlog"), "--batch-timeout", "0.02"
+    )
+    srv.predlog = tmp / "predlog"
+    yield srv
+    srv.stop(signal.SIGINT)
+    records = [
+        json.loads(line)
+        for f in srv.predlog.glob("predictions-*.jsonl")
+        for line in f.read_text().splitlines()
+    ]
+    assert records and all({"text_chars", "label", "score", "latency_ms"} <= r.keys() for r in records)
+    assert all("text" not in r for r in records)
+
+
+@pytest.fixture(scope="module")
+def expected(exported_dir: Path) -> dict[str, dict]:
+    predictor = load_predictor(str(exported_dir))
+    texts = TEXTS + [f"{t} number {i}" for i, t in enumerate(TEXTS * 30)]
+    return dict(zip(texts, predictor.predict(texts), strict=True))
+
+
+def _same(got: dict, want: dict) -> bool:
+    return got["label"] == want["label"] and all(
+        abs(got["scores"][k] - v) < 1e-5 for k, v in want["scores"].items()
+    )
+
+
+BAD_INPUT = {
+    "invalid JSON": (
+        {"content": b'{"text": "i feel', "headers": {"Content-Type": "application/json"}},
+        400,
+        "invalid JSON",
+    ),
+    "no field": ({"json": {}}, 422, "exactly one of 'text'"),
+    "both fields": ({"json": {"text": "a", "texts": ["b"]}}, 422, "exactly one of 'text'"),
+    "null text": ({"json": {"text": None}}, 422, "exactly one of 'text'"),
+    "unknown field": ({"json": {"txt": "hello"}}, 422, "Extra inputs are not permitted"),
+    "text not a string": ({"json": {"text": 5}}, 422, "valid string"),
+    "texts not a list": ({"json": {"texts": "hello"}}, 422, "valid list"),
+    "item not a string": ({"json": {"texts": ["fine", 3]}}, 422, "valid string"),
+    "body not an object": ({"json": ["hello"]}, 422, "valid dictionary"),
+    "empty text": ({"json": {"text": ""}}, 422, "empty or only whitespace"),
+    "whitespace text": ({"json": {"text": " \n\t "}}, 422, "empty or only whitespace"),
+    "whitespace item": ({"json": {"texts": ["fine", "   "]}}, 422, "empty or only whitespace"),
+    "empty list": ({"json": {"texts": []}}, 422, "at least 1"),
+    "text too long": (
+        {"json": {"text": "a" * (serve.MAX_TEXT_CHARS + 1)}},
+        422,
+        f"the limit is {serve.MAX_TEXT_CHARS}",
+    ),
+    "too many texts": (
+        {"json": {"texts": ["hi"] * (serve.MAX_TEXTS + 1)}},
+        422,
+        f"at most {serve.MAX_TEXTS}",
+    ),
+    "body too large": ({"json": {"texts": ["a" * 1500] * 800}}, 413, f"limit is {serve.MAX_BODY_BYTES}"),
+    "no content type": ({"content": b'{"text": "i feel fine"}'}, 415, "none was sent"),
+    "text/plain": (
+        {"content": b'{"text": "hi"}', "headers": {"Content-Type": "text/plain"}},
+        415,
+        "got 'text/plain'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT, ids=list(BAD_INPUT))
+def test_bad_input_is_a_client_error(server: Server, case: str) -> None:
+    kwargs, status, message = BAD_INPUT[case]
+    response = httpx.post(f"{server.url}/predict", timeout=30, **kwargs)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert message in json.dumps(response.json()["detail"])
+    assert "a" * 1000 not in response.text  # the input is not echoed back
+    ok = httpx.post(f"{server.url}/predict", json={"text": "still serving?"}, timeout=30)
+    assert ok.status_code == 200 and ok.json()["label"] in LABELS
+
+
+def test_predictions_over_http_equal_the_export(server: Server, expected: dict) -> None:
+    one = httpx.post(f"{server.url}/predict", json={"text": TEXTS[0]}, timeout=30).json()
+    assert set(one) == {"label", "score", "scores"} and list(one["scores"]) == LABELS
+    assert _same(one, expected[TEXTS[0]]) and one["score"] == max(one["scores"].values())
+    many = httpx.post(f"{server.url}/predict", json={"texts": TEXTS}, timeout=30).json()
+    assert len(many) == len(TEXTS)
+    assert all(_same(got, expected[t]) for got, t in zip(many, TEXTS, strict=True))
+
+
+def test_200_concurrent_requests_are_answered_in_order(server: Server, expected: dict) -> None:
+    texts = list(expected)[len(TEXTS) :][:200]
+
+    async def fire() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
+            calls = [
+                client.post("/predict", json={"text": t} if i % 4 else {"texts": [t, TEXTS[i % len(TEXTS)]]})
+                for i, t in enumerate(texts)
+            ]
+            return await asyncio.gather(*calls)
+
+    responses = asyncio.run(fire())
+    assert [r.status_code for r in responses] == [200] * len(texts)
+    for i, (text, response) in enumerate(zip(texts, responses, strict=True)):
+        body = response.json()
+        if i % 4:
+            assert _same(body, expected[text]), (text, body)
+        else:
+            assert _same(body[0], expected[text]) and _same(body[1], expected[TEXTS[i % len(TEXTS)]])
+
+
+def _metrics(url: str) -> dict[tuple[str, tuple], float]:
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_health_info_and_metrics(server: Server, exported_dir: Path) -> None:
+    health = httpx.get(f"{server.url}/health", timeout=30)
+    assert health.status_code == 200 and health.text == "ok"
+    info = httpx.get(f"{server.url}/info", timeout=30).json()["model"]
+    export_info = json.loads((exported_dir / "export_info.json").read_text())
+    assert info["name"] == exported_dir.name and info["labels"] == LABELS and info["variant"] == "fp32"
+    assert info["metrics"] == export_info["metrics"] and "val/f1_macro" in info["metrics"]["validation"]
+    assert info["export"]["source_checkpoint"]["sha256"] == export_info["source_checkpoint"]["sha256"]
+    assert info["limits"] == {
+        "max_text_chars": serve.MAX_TEXT_CHARS,
+        "max_texts": serve.MAX_TEXTS,
+        "max_body_bytes": serve.MAX_BODY_BYTES,
+    }
+
+    before = _metrics(server.url)
+    labels = [httpx.post(f"{server.url}/predict", json={"text": TEXTS[0]}, timeout=30).json()["label"]]
+    labels += [
+        r["label"] for r in httpx.post(f"{server.url}/predict", json={"texts": TEXTS[:2]}, timeout=30).json()
+    ]
+    assert httpx.post(f"{server.url}/predict", json={"text": ""}, timeout=30).status_code == 422
+    after = _metrics(server.url)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert delta("emotions_http_requests_total", path="/predict", status="200") == 2
+    assert delta("emotions_http_requests_total", path="/predict", status="422") == 1
+    assert delta("emotions_http_request_duration_seconds_count", path="/predict") == 3
+    assert delta("emotions_batch_texts_sum") == 3
+    assert delta("emotions_batch_requests_count") in (1, 2)  # the two requests may share a batch
+    for label in LABELS:
+        assert delta("emotions_predicted_label_total", label=label) == labels.count(label)
+
+
+def test_openapi_describes_request_and_response(server: Server) -> None:
+    spec = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
+    schemas = spec["components"]["schemas"]
+    assert {"text", "texts"} <= schemas["PredictRequest"]["properties"].keys()
+    assert {"label", "score", "scores"} <= schemas["Prediction"]["properties"].keys()
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["$ref"].endswith("/PredictRequest")
+    assert httpx.get(f"{server.url}/docs", timeout=30).status_code == 200
+
+
+def test_python_client_and_no_key_needed(server: Server, expected: dict) -> None:
+    client = EmotionClient(server.url, api_key=None)
+    assert client.health()
+    assert _same(client.predict(TEXTS[1]), expected[TEXTS[1]])
+    texts = list(expected)[: serve.MAX_TEXTS + 10]  # more than one request's worth: the client splits them
+    assert all(_same(got, expected[t]) for got, t in zip(client.predict_many(texts), texts, strict=True))
+    with pytest.raises(EmotionServiceError, match=r"422.*empty or only whitespace"):
+        client.predict("   ")
+
+
+def test_api_key_onnx_variant_and_sigterm(exported_dir: Path, tmp_path: Path) -> None:
+    """A second server: key required (but /health open), the ONNX variant, stopped with SIGTERM."""
+    srv = Server(
+        exported_dir, tmp_path / "server.log", "--variant", "onnx", env={serve.API_KEY_ENV: "s3cret"}
+    )
+    try:
+        url = f"{srv.url}/predict"
+        missing = httpx.post(url, json={"text": TEXTS[0]}, timeout=30)
+        wrong = httpx.post(url, json={"text": TEXTS[0]}, headers={"X-API-Key": "nope"}, timeout=30)
+        assert missing.status_code == wrong.status_code == 401
+        assert "X-API-Key" in missing.json()["detail"]
+        assert httpx.get(f"{srv.url}/metrics", timeout=30).status_code == 401
+        assert httpx.get(f"{srv.url}/info", timeout=30).status_code == 401
+        assert httpx.get(f"{srv.url}/health", timeout=30).status_code == 200
+        got = httpx.post(url, json={"texts": TEXTS}, headers={"X-API-Key": "s3cret"}, timeout=30).json()
+        want = load_predictor(str(exported_dir), "onnx").predict(TEXTS)
+        assert all(_same(g, w) for g, w in zip(got, want, strict=True))
+        assert EmotionClient(srv.url, api_key="s3cret").info()["model"]["variant"] == "onnx"
+    except BaseException:
+        srv.stop(signal.SIGTERM)
+        raise
+    srv.stop(signal.SIGTERM)
