@@ -52,6 +52,7 @@ class EmotionsCLI(LightningCLI):
 
     def _report(self) -> None:
         trainer = self.trainer
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
         if not trainer.is_global_zero:
             return
         for ckpt in trainer.checkpoint_callbacks if self.subcommand == "fit" else []:
@@ -59,8 +60,8 @@ class EmotionsCLI(LightningCLI):
                 print(f"checkpoint: best {ckpt.best_model_path} ({ckpt.monitor}={ckpt.best_model_score:.4f})")
             elif ckpt.best_model_path:
                 print(f"checkpoint: latest {ckpt.best_model_path}")
-        if trainer.log_dir:
-            print(f"logs and resolved config: {trainer.log_dir}")
+        if log_dir:
+            print(f"logs and resolved config: {log_dir}")
         metrics = {
             k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if not k.startswith("lr-")
         }
