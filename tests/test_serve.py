@@ -288,6 +288,8 @@ def test_api_key_onnx_variant_and_sigterm(exported_dir: Path, tmp_path: Path) ->
         assert missing.status_code == wrong.status_code == 401
         assert "X-API-Key" in missing.json()["detail"]
         assert httpx.get(f"{srv.url}/metrics", timeout=30).status_code == 401
+        scrape = httpx.get(f"{srv.url}/metrics", headers={"Authorization": "Bearer s3cret"}, timeout=30)
+        assert scrape.status_code == 200 and "emotions_predicted_label_total" in scrape.text  # Prometheus's way
         assert httpx.get(f"{srv.url}/info", timeout=30).status_code == 401
         assert httpx.get(f"{srv.url}/health", timeout=30).status_code == 200
         got = httpx.post(url, json={"texts": TEXTS}, headers={"X-API-Key": "s3cret"}, timeout=30).json()

@@ -178,13 +178,14 @@ class EmotionAPI(ls.LitAPI):
         return results[0] if single else results
 
     def authorize(self, request: Request, api_key: str | None = Security(API_KEY_HEADER)) -> None:
-        """LitServe's auth hook (every route it registers, plus /metrics); /health stays open."""
+        """LitServe's auth hook (every route it registers, plus /metrics); /health stays open.
+
+        ``Authorization: Bearer <key>`` is accepted too: it is all a Prometheus scrape can send.
+        """
         expected = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if (
-            expected
-            and request.url.path not in OPEN_PATHS
-            and not secrets.compare_digest(api_key or "", expected)
-        ):
+        scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+        given = api_key or (bearer if scheme.lower() == "bearer" else "")
+        if expected and request.url.path not in OPEN_PATHS and not secrets.compare_digest(given, expected):
             raise HTTPException(401, "missing or invalid API key: send it in the X-API-Key header")
 
 
