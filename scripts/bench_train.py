@@ -85,7 +85,8 @@ def run_emotions_pl(cfg: dict) -> dict:
 
     clock = Clock()
     trainer = pl.Trainer(
-        accelerator="cpu",
+        accelerator=cfg["accelerator"],
+        precision="bf16-mixed" if cfg["accelerator"] == "gpu" else "32-true",
         max_epochs=1,
         limit_val_batches=0,
         num_sanity_val_steps=0,
@@ -149,7 +150,8 @@ def run_hf_trainer(cfg: dict, tuned: bool) -> dict:
         logging_strategy="no",
         report_to="none",
         disable_tqdm=True,
-        use_cpu=True,
+        use_cpu=cfg["accelerator"] == "cpu",
+        bf16=cfg["accelerator"] == "gpu",
         seed=HPARAMS["seed"],
         train_sampling_strategy="group_by_length" if tuned else "random",
     )
@@ -181,13 +183,21 @@ def run_bare(cfg: dict) -> dict:
     batches = list(dm.train_dataloader())
     model = EmotionClassifier(MINILM, random_init_config=MODELS[cfg["model"]])
     optimizer = torch.optim.AdamW(model.parameters(), lr=HPARAMS["learning_rate"], foreach=True)
-    model.train()
+    device = "cuda" if cfg["accelerator"] == "gpu" else "cpu"
+    model.to(device).train()
+    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+    if device == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for batch in batches:
-        loss = model._loss(model(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        with autocast:
+            loss = model._loss(model(batch["input_ids"], batch["attention_mask"]), batch["labels"])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    if device == "cuda":
+        torch.cuda.synchronize()
     return {"samples": sum(len(b["labels"]) for b in batches), "seconds": time.perf_counter() - start}
 
 
@@ -235,6 +245,7 @@ def compare(args: argparse.Namespace, root: Path) -> dict:
                     "max_length": max_length,
                     "folder": str(folder),
                     "cache": str(root / "cache"),
+                    "accelerator": args.accelerator,
                 }
                 result = measure(cfg)
                 runs.setdefault((model, name), []).append(result)
@@ -250,13 +261,14 @@ def compare(args: argparse.Namespace, root: Path) -> dict:
         }
         for name, _, max_length in CONTENDERS:
             results = runs[(model, name)]
+            speeds = [r["samples_per_s"] for r in results]
             rows.append(
                 {
                     "model": model,
                     "contender": name,
                     "max_length": max_length,
                     "samples_per_s": round(med[name], 1),
-                    "spread": "{:.1f}-{:.1f}".format(*sorted(r["samples_per_s"] for r in results)[:: len(results) - 1]),
+                    "spread": f"{min(speeds):.1f}-{max(speeds):.1f}",
                     "peak_rss_mb": round(statistics.median(r["peak_rss_mb"] for r in results)),
                     "vs_b": round(med[name] / med["b_hf_trainer"], 2),
                     "vs_c": round(med[name] / med["c_hf_trainer_tuned"], 2),
@@ -299,6 +311,7 @@ def scaling(args: argparse.Namespace, root: Path) -> dict:
                 "max_length": max_length,
                 "folder": str(subset_folder(args.data, samples, root)),
                 "cache": str(root / "cache"),
+                "accelerator": args.accelerator,
             }
             result = measure(cfg)
             rows.append(
@@ -326,6 +339,7 @@ def main() -> None:
     parser.add_argument("--samples", type=lambda s: [int(x) for x in s.split(",")], default=[2000])
     parser.add_argument("--max-lengths", type=lambda s: [int(x) for x in s.split(",")], default=[32, 64, 128])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--scaling", action="store_true", help="time per epoch vs data size and max_length")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

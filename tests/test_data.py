@@ -141,7 +141,9 @@ def test_unset_source_without_env_says_what_to_do(monkeypatch) -> None:
 def test_hub_id_offline_fails_in_one_sentence(monkeypatch) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
-    with pytest.raises(sources.HubUnreachableError, match=r"Cannot reach the Hugging Face hub.*--data\.source"):
+    with pytest.raises(
+        sources.HubUnreachableError, match=r"Cannot reach the Hugging Face hub.*--data\.source"
+    ):
         load_splits("dair-ai/emotion", LABELS)
 
 

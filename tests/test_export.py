@@ -56,7 +56,9 @@ def test_export_folder_is_a_complete_hf_artifact(exported_dir: Path, smoke_ckpt:
     # The val metrics are those logged at the checkpoint's epoch in the run's own metrics.csv.
     log = next(smoke_ckpt.parents[1].glob("logs/version_*/metrics.csv")).read_text().splitlines()
     rows = [dict(zip(log[0].split(","), line.split(","), strict=True)) for line in log[1:]]
-    logged = next(float(r["val/f1_macro"]) for r in rows if r["val/f1_macro"] and int(r["epoch"]) == ckpt["epoch"])
+    logged = next(
+        float(r["val/f1_macro"]) for r in rows if r["val/f1_macro"] and int(r["epoch"]) == ckpt["epoch"]
+    )
     assert info["metrics"]["validation"]["val/f1_macro"] == pytest.approx(logged)
     parity = {name: v["parity"] for name, v in info["variants"].items()}
     assert set(parity) == {"fp32", "onnx", "int8"}

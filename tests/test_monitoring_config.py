@@ -18,7 +18,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO
+from conftest import REPO, Server
 from emotions_pl import drift, serve
 
 MONITORING = REPO / "docker" / "monitoring"
@@ -184,7 +184,6 @@ def test_live_server_metrics_prometheus_and_drift_on_its_logs(
 ) -> None:
     """The monitoring loop end to end: a served model, its /metrics, Prometheus with the shipped rules,
     and the drift report on the server's own prediction log."""
-    from test_serve import Server
 
     texts = [json.loads(line)["text"] for line in (sample_dir / "test.jsonl").read_text().splitlines()]
     server = Server(exported_dir, tmp_path / "server.log", "--log-dir", str(tmp_path / "predlog"))

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO
+from conftest import Server
 from emotions_pl import serve
 from emotions_pl.client import EmotionClient, EmotionServiceError
 from emotions_pl.data import LABELS
@@ -35,68 +29,6 @@ TEXTS = [
     "i feel empty and tired of everything",
     " ".join(["a long text that the tokenizer truncates at the export's max length"] * 12),
 ]
-
-
-class Server:
-    """``python -m emotions_pl serve`` on a free loopback port; ``stop`` checks that no process is left."""
-
-    def __init__(self, model_dir: Path, log_path: Path, *args: str, env: dict[str, str] | None = None):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        environ = {k: v for k, v in os.environ.items() if k != serve.API_KEY_ENV} | (env or {})
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "emotions_pl",
-                "serve",
-                "--model",
-                str(model_dir),
-                "--port",
-                str(self.port),
-                *args,
-            ],
-            cwd=REPO,
-            env=environ,
-            stdout=log_path.open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, as under a terminal
-        )
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"server exited early:\n{self.log()}"
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    self.family = psutil.Process(self.proc.pid).children(recursive=True)
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        self.proc.kill()
-        raise AssertionError(f"server not healthy after 180 s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
-
-    def stop(self, sig: int = signal.SIGINT) -> None:
-        """SIGINT to the whole group (Ctrl+C in a terminal), SIGTERM to the main process (docker stop)."""
-        if sig == signal.SIGINT:
-            os.killpg(self.proc.pid, sig)
-        else:
-            self.proc.send_signal(sig)
-        try:
-            rc = self.proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            for p in [*self.family, psutil.Process(self.proc.pid)]:
-                p.kill()
-            raise
-        _, alive = psutil.wait_procs(self.family, timeout=15)
-        assert rc == 0, f"server exited with {rc}:\n{self.log()}"
-        assert not alive, f"orphaned processes after {signal.Signals(sig).name}: {alive}"
-        assert "Traceback" not in self.log(), self.log()
 
 
 @pytest.fixture(scope="module")
@@ -289,7 +221,9 @@ def test_api_key_onnx_variant_and_sigterm(exported_dir: Path, tmp_path: Path) ->
         assert "X-API-Key" in missing.json()["detail"]
         assert httpx.get(f"{srv.url}/metrics", timeout=30).status_code == 401
         scrape = httpx.get(f"{srv.url}/metrics", headers={"Authorization": "Bearer s3cret"}, timeout=30)
-        assert scrape.status_code == 200 and "emotions_predicted_label_total" in scrape.text  # Prometheus's way
+        assert (
+            scrape.status_code == 200 and "emotions_predicted_label_total" in scrape.text
+        )  # Prometheus's way
         assert httpx.get(f"{srv.url}/info", timeout=30).status_code == 401
         assert httpx.get(f"{srv.url}/health", timeout=30).status_code == 200
         got = httpx.post(url, json={"texts": TEXTS}, headers={"X-API-Key": "s3cret"}, timeout=30).json()

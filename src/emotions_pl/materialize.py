@@ -1,0 +1,121 @@
+"""``python -m emotions_pl data``: copy the data set from its source into one folder of one format.
+
+The DVC ``data`` stage. Whatever the source (a hub id, a local folder of jsonl/csv/parquet files, a
+``package:`` folder), the pipeline then reads the same validated ``{split}.jsonl`` files with integer
+labels, so every later stage, and DVC's hash of them, sees exactly what training saw. Reading goes
+through ``data.load_splits``: bad rows fail here with the same message the trainer would give.
+The report (counts per split and label, text lengths) is small enough for ``dvc metrics show``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from emotions_pl import sources
+from emotions_pl.callbacks import atomic_write_text
+from emotions_pl.data import LABELS, SPLITS, DataValidationError, load_splits
+
+
+def length_stats(values: pd.Series) -> dict[str, float]:
+    return {
+        "min": int(values.min()),
+        "mean": round(float(values.mean()), 2),
+        "median": float(values.median()),
+        "p95": round(float(values.quantile(0.95)), 2),
+        "max": int(values.max()),
+    }
+
+
+def data_report(tables: dict[str, pd.DataFrame], label_names: Sequence[str]) -> dict[str, Any]:
+    """Rows and label counts per split, text lengths (characters, words), texts shared with train."""
+    report: dict[str, Any] = {}
+    for split, frame in tables.items():
+        counts = frame["label"].value_counts()
+        report[split] = {
+            "rows": len(frame),
+            "labels": {name: int(counts.get(i, 0)) for i, name in enumerate(label_names)},
+            "chars": length_stats(frame["text"].str.len()),
+            "words": length_stats(frame["text"].str.split().str.len()),
+        }
+    train = set(tables["train"]["text"])
+    report["overlap"] = {
+        f"{split}_in_train": int(tables[split]["text"].isin(train).sum()) for split in SPLITS[1:]
+    }
+    return report
+
+
+def write_jsonl(frame: pd.DataFrame, path: Path) -> None:
+    """One ``{"text", "label"}`` object per line in source order: stable bytes, so a stable DVC hash."""
+    with path.open("w", encoding="utf-8") as f:
+        for text, label in zip(frame["text"], frame["label"], strict=True):
+            f.write(json.dumps({"text": text, "label": int(label)}, ensure_ascii=False) + "\n")
+
+
+def write_splits(tables: dict[str, pd.DataFrame], output: Path, fmt: str) -> None:
+    """Write all splits into a temporary folder beside ``output`` and swap it in, never half a data set."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}."))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the data set is not
+    try:
+        for split, frame in tables.items():
+            if fmt == "jsonl":
+                write_jsonl(frame, tmp / f"{split}.jsonl")
+            else:
+                frame.to_parquet(tmp / f"{split}.parquet", index=False)
+        old = output.with_name(f".{output.name}.old")
+        if output.exists():
+            os.replace(output, old)
+        os.replace(tmp, output)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def materialize(source: str, output: Path, fmt: str = "jsonl", report: Path | None = None) -> dict[str, Any]:
+    resolved = Path(sources.resolve(source))
+    if resolved.exists() and resolved.resolve() == output.resolve():
+        raise ValueError(f"--output {output} is the source folder itself; choose another folder.")
+    tables = load_splits(source, LABELS)
+    summary = data_report(tables, LABELS)
+    write_splits(tables, output, fmt)
+    if report is not None:
+        atomic_write_text(report, json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m emotions_pl data", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--source", required=True, help="hub id (dair-ai/emotion), local folder, or package:<module>/<folder>"
+    )
+    parser.add_argument("--output", required=True, type=Path, help="folder for train/validation/test")
+    parser.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
+    parser.add_argument("--report", type=Path, help="write the data report (JSON) here")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = materialize(args.source, args.output, args.format, args.report)
+    except (DataValidationError, sources.HubUnreachableError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows = ", ".join(f"{split} {summary[split]['rows']}" for split in SPLITS)
+    print(
+        f"data: {args.source} -> {args.output} ({args.format}; {rows})"
+        + (f"; report {args.report}" if args.report else "")
+    )
+    return 0
