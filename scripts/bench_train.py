@@ -182,7 +182,7 @@ def run_bare(cfg: dict) -> dict:
     dm.setup("fit")
     batches = list(dm.train_dataloader())
     model = EmotionClassifier(MINILM, random_init_config=MODELS[cfg["model"]])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=HPARAMS["learning_rate"], foreach=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=HPARAMS["learning_rate"], fused=True)
     device = "cuda" if cfg["accelerator"] == "gpu" else "cpu"
     model.to(device).train()
     batches = [{k: v.to(device) for k, v in b.items()} for b in batches]

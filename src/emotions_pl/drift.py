@@ -16,11 +16,9 @@ import base64
 import html
 import io
 import json
-import os
 import random
 import re
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from emotions_pl.callbacks import atomic_write_text
 from emotions_pl.data import FORMATS, LABELS, DataValidationError, find_split_file, read_table
 
 # Fields of the server's prediction log lines (predlog.py); a data file has ``text`` instead.
@@ -479,13 +478,6 @@ Current: {html.escape(cur["source"])} ({cur["rows"]} rows, {cur["kind"]})</p>
 """
 
 
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------- CLI
 
 
@@ -578,8 +570,8 @@ def drift(args: argparse.Namespace) -> dict[str, Any]:
         "checks": [asdict(c) for c in checks],
     }
     args.output.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.output / "drift.json", json.dumps(summary, indent=2) + "\n")
-    write_atomic(args.output / "drift.html", render_html(summary, figures(ref, cur, labels)))
+    atomic_write_text(args.output / "drift.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(args.output / "drift.html", render_html(summary, figures(ref, cur, labels)))
     return summary
 
 

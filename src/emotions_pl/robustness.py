@@ -24,8 +24,8 @@ import torch
 from torchmetrics.functional.classification import multiclass_f1_score
 
 from emotions_pl import perturb
+from emotions_pl.callbacks import atomic_write_text
 from emotions_pl.data import DataValidationError, find_split_file, read_table, validate_split
-from emotions_pl.drift import write_atomic
 
 CLEAN = "clean"
 
@@ -167,8 +167,8 @@ def robustness(args: argparse.Namespace) -> dict[str, Any]:
         "variants": results,
     }
     args.output.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.output / "robustness.json", json.dumps(report, indent=2, default=str) + "\n")
-    write_atomic(args.output / "robustness.md", markdown_table(results))
+    atomic_write_text(args.output / "robustness.json", json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(args.output / "robustness.md", markdown_table(results))
     return report
 
 
