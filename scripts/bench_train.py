@@ -53,14 +53,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_emotions_pl(cfg: dict) -> dict:
-    import pytorch_lightning as pl
-
+def datamodule(cfg: dict):
+    """The data exactly as (a) sees it: grouped by length, tokenization cached."""
     from emotions_pl.data import EmotionDataModule
-    from emotions_pl.model import EmotionClassifier
 
-    pl.seed_everything(HPARAMS["seed"], verbose=False)
-    dm = EmotionDataModule(
+    return EmotionDataModule(
         source=cfg["folder"],
         tokenizer_name=MINILM,
         max_length=cfg["max_length"],
@@ -68,6 +65,15 @@ def run_emotions_pl(cfg: dict) -> dict:
         cache_dir=cfg["cache"],
         seed=HPARAMS["seed"],
     )
+
+
+def run_emotions_pl(cfg: dict) -> dict:
+    import pytorch_lightning as pl
+
+    from emotions_pl.model import EmotionClassifier
+
+    pl.seed_everything(HPARAMS["seed"], verbose=False)
+    dm = datamodule(cfg)
     model = EmotionClassifier(
         MINILM,
         random_init_config=MODELS[cfg["model"]],
@@ -167,18 +173,10 @@ def run_bare(cfg: dict) -> dict:
     """Forward+backward+step on pre-collated batches in the grouped order: no data loading at all."""
     import torch
 
-    from emotions_pl.data import EmotionDataModule
     from emotions_pl.model import EmotionClassifier
 
     torch.manual_seed(HPARAMS["seed"])
-    dm = EmotionDataModule(
-        source=cfg["folder"],
-        tokenizer_name=MINILM,
-        max_length=cfg["max_length"],
-        batch_size=HPARAMS["batch_size"],
-        cache_dir=cfg["cache"],
-        seed=HPARAMS["seed"],
-    )
+    dm = datamodule(cfg)
     dm.setup("fit")
     batches = list(dm.train_dataloader())
     model = EmotionClassifier(MINILM, random_init_config=MODELS[cfg["model"]])
