@@ -241,13 +241,9 @@ def server_log(folder: Path, texts: list[str], label: str, log_text: bool = Fals
     return sorted(folder.iterdir())
 
 
-def test_prediction_logs_as_current(reference: Path, tmp_path: Path) -> None:
-    """Log records carry length, predicted label and score, no text: the length check runs on them, and
-    the label check is skipped rather than comparing predictions with true labels."""
-    texts = [row["text"] for row in review_rows(200, seed=9)]
-    files = server_log(tmp_path / "logs", texts, "anger")
-    assert len(files) > 1 and any(f.name.endswith(".jsonl.1") for f in files)  # rotated
-    rc, out, summary = run_drift(
+def drift_on_logs(reference: Path, tmp_path: Path) -> tuple[int, str, dict]:
+    """Drift of the server logs under ``tmp_path/logs`` against ``reference``."""
+    return run_drift(
         "--reference",
         str(reference),
         "--current",
@@ -255,6 +251,15 @@ def test_prediction_logs_as_current(reference: Path, tmp_path: Path) -> None:
         "--output",
         str(tmp_path / "report"),
     )
+
+
+def test_prediction_logs_as_current(reference: Path, tmp_path: Path) -> None:
+    """Log records carry length, predicted label and score, no text: the length check runs on them, and
+    the label check is skipped rather than comparing predictions with true labels."""
+    texts = [row["text"] for row in review_rows(200, seed=9)]
+    files = server_log(tmp_path / "logs", texts, "anger")
+    assert len(files) > 1 and any(f.name.endswith(".jsonl.1") for f in files)  # rotated
+    rc, out, summary = drift_on_logs(reference, tmp_path)
     assert rc == 1, out
     assert summary["current"] == {"source": ", ".join(map(str, files)), "kind": "log", "rows": 200}
     checks = by_name(summary)
@@ -268,14 +273,7 @@ def test_prediction_logs_as_current(reference: Path, tmp_path: Path) -> None:
 
 def test_logs_with_text_get_the_vocabulary_check(reference: Path, tmp_path: Path) -> None:
     server_log(tmp_path / "logs", [row["text"] for row in code_rows(120, seed=1)], "joy", log_text=True)
-    rc, out, summary = run_drift(
-        "--reference",
-        str(reference),
-        "--current",
-        str(tmp_path / "logs"),
-        "--output",
-        str(tmp_path / "report"),
-    )
+    rc, out, summary = drift_on_logs(reference, tmp_path)
     assert rc == 1 and by_name(summary)["oov_rate"]["drift"] is True, out
 
 

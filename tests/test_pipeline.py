@@ -140,20 +140,15 @@ def test_classification_report_matches_torchmetrics() -> None:
     )
 
 
+def evaluate_args(ckpt: Path, data: Path, out: Path, logs: Path) -> list[str]:
+    return ["--ckpt", str(ckpt), "--data", str(data), "--output", str(out), "--logs", str(logs)]
+
+
 def test_evaluate_command_on_a_real_checkpoint(
     smoke_run: Path, smoke_ckpt: Path, sample_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "reports"
-    args = [
-        "--ckpt",
-        str(smoke_ckpt),
-        "--data",
-        str(sample_dir),
-        "--output",
-        str(out),
-        "--logs",
-        str(smoke_run / "logs"),
-    ]
+    args = evaluate_args(smoke_ckpt, sample_dir, out, smoke_run / "logs")
     assert evaluate.main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= {"test/acc", "test/f1_macro", "test/loss", *(f"test/f1/{x}" for x in LABELS)}
@@ -188,16 +183,7 @@ def test_evaluate_command_reports_bad_inputs(
         == 2
     )
     assert "nope.ckpt" in capsys.readouterr().err
-    args = [
-        "--ckpt",
-        str(smoke_ckpt),
-        "--data",
-        str(sample_dir),
-        "--output",
-        str(out),
-        "--logs",
-        str(tmp_path),
-    ]
+    args = evaluate_args(smoke_ckpt, sample_dir, out, tmp_path)
     assert evaluate.main(args) == 2
     assert "metrics.csv" in capsys.readouterr().err
     assert evaluate.main(["--ckpt", str(smoke_ckpt), "--data", str(tmp_path), "--output", str(out)]) == 2
