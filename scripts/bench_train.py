@@ -33,6 +33,8 @@ CONTENDERS = [
     ("c_hf_trainer_tuned", "hf_trainer_tuned", 64),
     ("bare_bound", "bare", 64),
 ]
+# Only with --compile: (a) with the backbone torch.compile'd (compile time counts: it is inside the epoch).
+COMPILED = ("a_emotions_pl_compiled", "emotions_pl_compiled", 64)
 HPARAMS = {"batch_size": 32, "learning_rate": 1e-4, "weight_decay": 0.01, "warmup_ratio": 0.06, "seed": 42}
 
 
@@ -80,6 +82,7 @@ def run_emotions_pl(cfg: dict) -> dict:
         learning_rate=HPARAMS["learning_rate"],
         weight_decay=HPARAMS["weight_decay"],
         warmup_ratio=HPARAMS["warmup_ratio"],
+        compile=cfg["runner"] == "emotions_pl_compiled",
     )
 
     class Clock(pl.Callback):
@@ -201,7 +204,7 @@ def run_bare(cfg: dict) -> dict:
 
 def worker(cfg: dict) -> None:
     runner = cfg["runner"]
-    if runner == "emotions_pl":
+    if runner.startswith("emotions_pl"):
         result = run_emotions_pl(cfg)
     elif runner.startswith("hf_trainer"):
         result = run_hf_trainer(cfg, tuned=runner == "hf_trainer_tuned")
@@ -232,10 +235,11 @@ def table(rows: list[dict], columns: list[str]) -> str:
 
 def compare(args: argparse.Namespace, root: Path) -> dict:
     folder = subset_folder(args.data, args.samples[0], root)
+    contenders = CONTENDERS + [COMPILED] * args.compile
     runs: dict[tuple[str, str], list[dict]] = {}
     for repeat in range(args.repeats):
         for model in args.models:
-            order = CONTENDERS if repeat % 2 == 0 else CONTENDERS[::-1]  # alternate to cancel drift
+            order = contenders if repeat % 2 == 0 else contenders[::-1]  # alternate to cancel drift
             for name, runner, max_length in order:
                 cfg = {
                     "runner": runner,
@@ -255,9 +259,9 @@ def compare(args: argparse.Namespace, root: Path) -> dict:
     for model in args.models:
         med = {
             name: statistics.median(r["samples_per_s"] for r in runs[(model, name)])
-            for name, _, _ in CONTENDERS
+            for name, _, _ in contenders
         }
-        for name, _, max_length in CONTENDERS:
+        for name, _, max_length in contenders:
             results = runs[(model, name)]
             speeds = [r["samples_per_s"] for r in results]
             rows.append(
@@ -338,6 +342,7 @@ def main() -> None:
     parser.add_argument("--max-lengths", type=lambda s: [int(x) for x in s.split(",")], default=[32, 64, 128])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--compile", action="store_true", help="also (a) with torch.compile")
     parser.add_argument("--scaling", action="store_true", help="time per epoch vs data size and max_length")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

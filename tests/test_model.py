@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from emotions_pl.data import LABELS
-from emotions_pl.model import EmotionClassifier
+from emotions_pl.model import EmotionClassifier, layer_depth
 
 TINY = {"model_type": "distilbert", "dim": 32, "hidden_dim": 64, "n_layers": 2, "n_heads": 2}
 
@@ -22,6 +22,16 @@ def batch(tokenizer) -> dict[str, torch.Tensor]:
     texts = ["i feel so happy today", "i am scared of the dark", "i feel sad and alone", "what a surprise"]
     enc = tokenizer(texts, padding=True, return_tensors="pt")
     return {**enc, "labels": torch.tensor([1, 4, 0, 5])}
+
+
+def _configure(model: EmotionClassifier) -> dict:
+    """``configure_optimizers`` as Lightning calls it, for a run of 100 optimizer steps."""
+
+    class FakeTrainer:
+        estimated_stepping_batches = 100
+
+    model.trainer = FakeTrainer()  # type: ignore[assignment]
+    return model.configure_optimizers()
 
 
 def test_labels_and_shapes(tiny: EmotionClassifier, batch, tokenizer) -> None:
@@ -65,12 +75,7 @@ def test_no_weight_decay_on_bias_and_layernorm(tiny: EmotionClassifier) -> None:
     for name in names:
         (plain if name.endswith(("bias", "layer_norm.weight", "LayerNorm.weight")) else decayed).append(name)
     assert plain and decayed
-
-    class FakeTrainer:
-        estimated_stepping_batches = 100
-
-    tiny.trainer = FakeTrainer()  # type: ignore[assignment]
-    config = tiny.configure_optimizers()
+    config = _configure(tiny)
     groups = config["optimizer"].param_groups
     assert groups[0]["weight_decay"] == 0.01 and groups[1]["weight_decay"] == 0.0
     assert {id(p) for p in groups[1]["params"]} == {id(names[n]) for n in plain}
@@ -106,3 +111,52 @@ def test_pretrained_backbone_trains_with_dropout_on(minilm_dir) -> None:
     model = EmotionClassifier(str(minilm_dir))
     assert all(m.training for m in model.model.modules())
     assert model.model.config.num_labels == 6
+
+
+@pytest.mark.parametrize(
+    ("name", "depth"),
+    [
+        ("model.bert.embeddings.word_embeddings.weight", 0),
+        ("model.bert.encoder.layer.0.attention.self.query.weight", 1),
+        ("model.distilbert.transformer.layer.1.ffn.lin1.bias", 2),
+        ("model.bert.pooler.dense.weight", 3),
+        ("model.classifier.weight", 3),
+    ],
+)
+def test_layer_depth(name: str, depth: int) -> None:
+    assert layer_depth(name, num_layers=2) == depth
+
+
+def test_layer_lr_decay_scales_each_block(minilm_dir) -> None:
+    """Peak lr: head at the base rate, block i of L at lr * decay**(L - i), embeddings one step lower."""
+    model = EmotionClassifier(
+        str(minilm_dir), random_init_config=TINY, learning_rate=1e-3, layer_lr_decay=0.5
+    )
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = _configure(model)["optimizer"].param_groups
+    lr_of = {names[id(p)]: g["initial_lr"] for g in groups for p in g["params"]}
+    assert len(lr_of) == len(names)  # every parameter in exactly one group
+    assert lr_of["model.classifier.weight"] == pytest.approx(1e-3)
+    assert lr_of["model.distilbert.transformer.layer.1.ffn.lin1.weight"] == pytest.approx(5e-4)
+    assert lr_of["model.distilbert.transformer.layer.0.ffn.lin1.bias"] == pytest.approx(2.5e-4)
+    assert lr_of["model.distilbert.embeddings.word_embeddings.weight"] == pytest.approx(1.25e-4)
+
+
+def test_no_layer_lr_decay_keeps_two_groups(tiny: EmotionClassifier) -> None:
+    groups = _configure(tiny)["optimizer"].param_groups
+    assert [g["weight_decay"] for g in groups] == [0.01, 0.0]
+    assert {g["initial_lr"] for g in groups} == {1e-3}
+
+
+def test_layer_lr_decay_out_of_range_is_refused(minilm_dir) -> None:
+    with pytest.raises(ValueError, match="layer_lr_decay must be in"):
+        EmotionClassifier(str(minilm_dir), random_init_config=TINY, layer_lr_decay=1.5)
+
+
+def test_compile_keeps_checkpoint_keys(minilm_dir) -> None:
+    """Compiling in place must not rename weights (``_orig_mod.``): checkpoints load either way."""
+    plain = EmotionClassifier(str(minilm_dir), random_init_config=TINY)
+    compiled = EmotionClassifier(str(minilm_dir), random_init_config=TINY, compile=True)
+    compiled.configure_model()
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    compiled.load_state_dict(plain.state_dict())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytorch_lightning as pl
@@ -21,6 +22,18 @@ from emotions_pl import sources
 from emotions_pl.data import LABELS
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+BLOCK_INDEX = re.compile(r"\.layers?\.(\d+)\.")
+
+
+def layer_depth(name: str, num_layers: int) -> int:
+    """Depth of a parameter for layer-wise lr decay: 0 embeddings, ``i + 1`` block ``i``, top the head.
+
+    Matches BERT (``encoder.layer.3.``), DistilBERT (``transformer.layer.3.``) and most encoders.
+    """
+    if ".embeddings." in f".{name}":
+        return 0
+    match = BLOCK_INDEX.search(name)
+    return int(match.group(1)) + 1 if match else num_layers + 1
 
 
 def build_backbone(
@@ -61,6 +74,10 @@ class EmotionClassifier(pl.LightningModule):
             initialised model (tiny test models); ``None`` loads pretrained weights.
         warmup_ratio: fraction of all optimizer steps spent warming up the learning rate.
         label_smoothing / class_weights: options for the imbalanced classes (love, surprise).
+        layer_lr_decay: layer-wise lr decay; block ``i`` of ``L`` trains at
+            ``learning_rate * layer_lr_decay ** (L - i)``, the embeddings one step lower, the head at
+            ``learning_rate``. ``1.0`` is one rate for all.
+        compile: ``torch.compile`` the backbone in place (parameter names and checkpoints unchanged).
     """
 
     def __init__(
@@ -73,6 +90,7 @@ class EmotionClassifier(pl.LightningModule):
         warmup_ratio: float = 0.1,
         label_smoothing: float = 0.0,
         class_weights: list[float] | None = None,
+        layer_lr_decay: float = 1.0,
         compile: bool = False,
     ):
         super().__init__()
@@ -80,6 +98,8 @@ class EmotionClassifier(pl.LightningModule):
         self.label_names = list(label_names)
         # from_pretrained returns eval mode and Lightning keeps module modes: switch dropout back on.
         self.model = build_backbone(model_name_or_path, self.label_names, random_init_config).train()
+        if not 0.0 < layer_lr_decay <= 1.0:
+            raise ValueError(f"model.layer_lr_decay must be in (0, 1], got {layer_lr_decay}.")
         if class_weights is not None and len(class_weights) != len(self.label_names):
             raise ValueError(
                 f"model.class_weights has {len(class_weights)} values for {len(self.label_names)} labels."
@@ -98,8 +118,9 @@ class EmotionClassifier(pl.LightningModule):
         self.test_f1_per_class = MulticlassF1Score(n, average=None)
 
     def configure_model(self) -> None:
+        # In place, so state_dict keys keep their names (no ``_orig_mod.``) and checkpoints stay portable.
         if self.hparams.compile:
-            self.model = torch.compile(self.model, dynamic=True)
+            self.model.compile(dynamic=True)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -151,17 +172,24 @@ class EmotionClassifier(pl.LightningModule):
         ]
 
     def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
+        lr, decay = self.hparams.learning_rate, self.hparams.layer_lr_decay
+        num_layers = self.model.config.num_hidden_layers
+        by_depth: dict[tuple[int, bool], list[torch.nn.Parameter]] = {}
         for name, param in self.named_parameters():
             if param.requires_grad:
-                (no_decay if name.endswith(NO_DECAY) else decay).append(param)
+                depth = layer_depth(name, num_layers) if decay < 1.0 else num_layers + 1
+                by_depth.setdefault((depth, name.endswith(NO_DECAY)), []).append(param)
         groups = [
-            {"params": decay, "weight_decay": self.hparams.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            {
+                "params": params,
+                "lr": lr * decay ** (num_layers + 1 - depth),
+                "weight_decay": 0.0 if no_decay else self.hparams.weight_decay,
+            }
+            for (depth, no_decay), params in sorted(by_depth.items())
         ]
         # One fused kernel per step on CPU and GPU alike: the update touches every weight, gradient and
         # both moments, a sixth of a CPU step with the foreach path (docs/operations.md, profiling).
-        optimizer = torch.optim.AdamW(groups, lr=self.hparams.learning_rate, fused=True)
+        optimizer = torch.optim.AdamW(groups, lr=lr, fused=True)
         total = self.trainer.estimated_stepping_batches
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.hparams.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
