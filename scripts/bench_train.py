@@ -93,21 +93,21 @@ def run_emotions_pl(cfg: dict) -> dict:
             self.seconds = time.perf_counter() - self.start
 
     clock = Clock()
+    quiet = {
+        "accelerator": cfg["accelerator"],
+        "precision": "bf16-mixed" if cfg["accelerator"] == "gpu" else "32-true",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
     trainer = pl.Trainer(
-        accelerator=cfg["accelerator"],
-        precision="bf16-mixed" if cfg["accelerator"] == "gpu" else "32-true",
-        max_epochs=1,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[clock],
+        max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[clock], **quiet
     )
     trainer.fit(model, datamodule=dm)
+    # A trainer of its own: the fit trainer's limit_val_batches=0 would validate nothing.
     start = time.perf_counter()
-    trainer.validate(model, datamodule=dm, verbose=False)
+    pl.Trainer(**quiet).validate(model, datamodule=dm, verbose=False)
     val_seconds = time.perf_counter() - start
     return {
         "samples": len(dm.splits["train"]),
