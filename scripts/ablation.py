@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_train import table  # scripts/ is on sys.path when this file runs as a script
+
 EXPERIMENT = "configs/experiment/offline.yaml"
 # Class weights from the train split's counts n_k (4666/5362/1304/2159/1937/572 over K = 6 classes):
 # scikit-learn's "balanced" N / (K n_k), and its square root, a milder push towards love and surprise.
@@ -92,11 +94,7 @@ def main() -> None:
     for name in args.variants:
         rows.append(run_variant(name, args.root, args.seed))
         print(json.dumps(rows[-1]), flush=True)
-    columns = [c for c in rows[0] if c != "overrides"]
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
-    for row in rows:
-        print("  ".join(str(row[c]).ljust(w) for c, w in zip(columns, widths, strict=True)))
+    print(table(rows, [c for c in rows[0] if c != "overrides"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"seed": args.seed, "experiment": EXPERIMENT, "rows": rows}, indent=2))
     print(f"wrote {args.out}")
