@@ -164,6 +164,26 @@ def test_failed_parity_keeps_the_previous_artifact(
     assert not fresh.exists() and _leftovers(fresh) == []
 
 
+def test_a_swallowed_interrupt_still_stops_the_publish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal whose KeyboardInterrupt Python swallowed (it landed in a __del__) must still stop."""
+    output, tmp = tmp_path / "model", tmp_path / ".model.tmp"
+    output.mkdir()
+    (output / "old").write_text("old")
+    tmp.mkdir()
+    (tmp / "new").write_text("new")
+    monkeypatch.setattr(export, "_stop_requested", export.threading.Event())
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            export._stop_on_signal(signal.SIGTERM, None)
+        except KeyboardInterrupt:
+            pass  # what an exception raised inside __del__ amounts to
+        export.publish(tmp, output)
+    assert [p.name for p in output.iterdir()] == ["old"]
+    assert (tmp / "new").exists()
+
+
 def test_interrupted_export_leaves_nothing_behind(
     exported_dir: Path, smoke_ckpt: Path, tmp_path: Path
 ) -> None:

@@ -18,6 +18,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
@@ -348,9 +349,13 @@ def publish(tmp: Path, output: Path) -> None:
     """Swap the finished folder into place; an existing one is removed only after the new one is there.
 
     Ctrl+C / SIGTERM are held back during the two renames, so they cannot leave ``output`` missing.
+    A stop asked for earlier whose KeyboardInterrupt was swallowed (raised inside a ``__del__``,
+    where Python only prints it) is honoured here, before anything is renamed.
     """
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
+        if _stop_requested.is_set():
+            raise KeyboardInterrupt("stop requested before publishing")
         old = None
         if output.exists():
             old = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.old-"))
@@ -455,7 +460,11 @@ def export(
     return info
 
 
-def _stop_on_sigterm(signum: int, frame: Any) -> None:
+_stop_requested = threading.Event()
+
+
+def _stop_on_signal(signum: int, frame: Any) -> None:
+    _stop_requested.set()  # remembered: the exception below is lost if it lands inside a __del__
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -488,7 +497,8 @@ def main(argv: list[str]) -> int:
         help="int8 parity floor on label agreement (default %(default)g)",
     )
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # clean up the temporary folder on SIGTERM too
+    for signum in (signal.SIGINT, signal.SIGTERM):  # clean up the temporary folder on either
+        signal.signal(signum, _stop_on_signal)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
