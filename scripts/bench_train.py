@@ -6,6 +6,8 @@ contenders); configurations alternate inside each repeat and the table reports m
 
     .venv/bin/python scripts/bench_train.py --data ../shared/data/emotion --samples 2000 --repeats 3
     .venv/bin/python scripts/bench_train.py --cpu-bf16   # adds (a), (c) and the bound in bf16-mixed on CPU
+    .venv/bin/python scripts/bench_train.py --models minilm --repeats 6 \
+        --only a_emotions_pl,c_hf_trainer_tuned,bare_bound   # a subset: ratios to absent peers are null
     .venv/bin/python scripts/bench_train.py --scaling --samples 1000,4000,16000 --max-lengths 32,64,128
 """
 
@@ -246,9 +248,16 @@ def table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def ratio(medians: dict[str, float], name: str, peer: str) -> float | None:
+    """Median over median; None where --only left the peer out."""
+    return round(medians[name] / medians[peer], 3) if peer in medians else None
+
+
 def compare(args: argparse.Namespace, root: Path) -> dict:
     folder = subset_folder(args.data, args.samples[0], root)
     contenders = CONTENDERS + COMPILED * args.compile + CPU_BF16 * args.cpu_bf16
+    if args.only:
+        contenders = [c for c in contenders if c[0] in args.only]
     runs: dict[tuple[str, str], list[dict]] = {}
     for repeat in range(args.repeats):
         for model in args.models:
@@ -288,9 +297,9 @@ def compare(args: argparse.Namespace, root: Path) -> dict:
                     "samples_per_s": round(med[name], 1),
                     "spread": f"{min(speeds):.1f}-{max(speeds):.1f}",
                     "peak_rss_mb": round(statistics.median(r["peak_rss_mb"] for r in results)),
-                    "vs_b": round(med[name] / med["b_hf_trainer"], 2),
-                    "vs_c": round(med[name] / med["c_hf_trainer_tuned" + peer], 2),
-                    "vs_bound": round(med[name] / med["bare_bound" + peer], 2),
+                    "vs_b": ratio(med, name, "b_hf_trainer"),
+                    "vs_c": ratio(med, name, "c_hf_trainer_tuned" + peer),
+                    "vs_bound": ratio(med, name, "bare_bound" + peer),
                 }
             )
     print(
@@ -362,6 +371,9 @@ def main() -> None:
     parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--compile", action="store_true", help="also (a) with torch.compile")
     parser.add_argument("--cpu-bf16", action="store_true", help="also (a), (c), bound in bf16-mixed on CPU")
+    parser.add_argument(
+        "--only", type=lambda s: s.split(","), help="run only these contenders (names as in the table)"
+    )
     parser.add_argument("--scaling", action="store_true", help="time per epoch vs data size and max_length")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
