@@ -286,6 +286,7 @@ def compare(args: argparse.Namespace, root: Path) -> dict:
         }
         for name, _, max_length, cpu_bf16 in contenders:
             peer = "_bf16" if cpu_bf16 else ""  # (c) and the bound at the same precision
+            in_bf16 = bf16({"accelerator": args.accelerator, "bf16": cpu_bf16})
             results = runs[(model, name)]
             speeds = [r["samples_per_s"] for r in results]
             rows.append(
@@ -293,7 +294,7 @@ def compare(args: argparse.Namespace, root: Path) -> dict:
                     "model": model,
                     "contender": name,
                     "max_length": max_length,
-                    "precision": "bf16-mixed" if bf16({**vars(args), "bf16": cpu_bf16}) else "32-true",
+                    "precision": "bf16-mixed" if in_bf16 else "32-true",
                     "samples_per_s": round(med[name], 1),
                     "spread": f"{min(speeds):.1f}-{max(speeds):.1f}",
                     "peak_rss_mb": round(statistics.median(r["peak_rss_mb"] for r in results)),
