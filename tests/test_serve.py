@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import multiprocessing as mp
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -234,3 +239,27 @@ def test_api_key_onnx_variant_and_sigterm(exported_dir: Path, tmp_path: Path) ->
         srv.stop(signal.SIGTERM)
         raise
     srv.stop(signal.SIGTERM)
+
+
+def test_worker_monitor_stops_before_the_manager_it_polls(
+    exported_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """LitServe's monitor thread, polling every 1 ms, must not call into the manager after shutdown.
+
+    Without ``_LitServer``'s swap it crashes with ConnectionResetError/EOFError once the manager is
+    gone: the traceback that showed up after an occasional Ctrl+C.
+    """
+    server = serve.build_server(serve._parser().parse_args(["--model", str(exported_dir)]))
+    manager = mp.Manager()
+    server._shutdown_event = manager.Event()
+    server._transport = SimpleNamespace(close=lambda send_sentinel: None)
+    server.inference_workers = []
+    server.monitor_internal = 0.001
+    with caplog.at_level(logging.ERROR, logger="litserve.server"):
+        server._start_worker_monitoring(manager, {})
+        time.sleep(0.05)  # the monitor is polling the live manager
+        server._perform_graceful_shutdown(manager, {}, "keyboard_interrupt")
+        time.sleep(0.2)  # 200 polls' worth of time after the manager is gone
+    monitors = [t for t in threading.enumerate() if t.name == "litserve-monitoring"]
+    assert not monitors, "the monitor thread outlived the shutdown"
+    assert not caplog.records, [r.getMessage() for r in caplog.records]

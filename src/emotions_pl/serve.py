@@ -20,6 +20,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from contextlib import asynccontextmanager
 from itertools import pairwise
@@ -319,6 +320,25 @@ def model_metadata(
     }
 
 
+class _LitServer(ls.LitServer):
+    """LitServer whose worker monitor stops before the shutdown it would otherwise race.
+
+    LitServe's monitor thread polls ``_shutdown_event``, a proxy into the multiprocessing manager,
+    every 2 s. Its shutdown terminates the workers and then the manager without stopping that
+    thread, so a poll that lands late raises ``ConnectionResetError`` (a traceback on every few
+    Ctrl+C) or sees the terminated workers and starts a second shutdown. Swapping in a local,
+    already-set event first makes the monitor's next poll its last.
+    """
+
+    def _perform_graceful_shutdown(
+        self, manager: Any, uvicorn_workers: Any, shutdown_reason: str = "normal"
+    ) -> None:
+        stopped = threading.Event()
+        stopped.set()
+        self._shutdown_event = stopped
+        super()._perform_graceful_shutdown(manager, uvicorn_workers, shutdown_reason)
+
+
 def build_server(args: argparse.Namespace) -> ls.LitServer:
     info = read_info(args.model)
     if not (Path(args.model) / VARIANT_FILES[args.variant]).is_file():
@@ -330,7 +350,7 @@ def build_server(args: argparse.Namespace) -> ls.LitServer:
         args.model, args.variant, args.max_batch_size, args.batch_timeout, args.api_key_env, threads
     )
     prediction_log = PredictionLog(args.log_dir, args.log_text, args.variant) if args.log_dir else None
-    server = ls.LitServer(
+    server = _LitServer(
         api,
         accelerator="cpu",
         workers_per_device=args.workers_per_device,
