@@ -36,6 +36,7 @@ CONTENDERS = [
     ("b_hf_trainer", "hf_trainer", 128, False),
     ("c_hf_trainer_tuned", "hf_trainer_tuned", 64, False),
     ("bare_bound", "bare", 64, False),
+    ("bare_bound_cls_only", "bare_cls_only", 64, False),
 ]
 # Only with --compile: (a) with the backbone torch.compile'd (compile time counts: it is inside the epoch).
 COMPILED = [("a_emotions_pl_compiled", "emotions_pl_compiled", 64, False)]
@@ -45,6 +46,7 @@ CPU_BF16 = [
     ("a_emotions_pl_bf16", "emotions_pl", 64, True),
     ("c_hf_trainer_tuned_bf16", "hf_trainer_tuned", 64, True),
     ("bare_bound_bf16", "bare", 64, True),
+    ("bare_bound_cls_only_bf16", "bare_cls_only", 64, True),
 ]
 HPARAMS = {"batch_size": 32, "learning_rate": 1e-4, "weight_decay": 0.01, "warmup_ratio": 0.06, "seed": 42}
 
@@ -188,9 +190,14 @@ def run_hf_trainer(cfg: dict, tuned: bool) -> dict:
 
 
 def run_bare(cfg: dict) -> dict:
-    """Forward+backward+step on pre-collated batches in the grouped order: no data loading at all."""
+    """Forward+backward+step on pre-collated batches in the grouped order: no data loading at all.
+
+    ``bare`` is the HF model as it comes; ``bare_cls_only`` with the [CLS]-only last layer that (a)
+    trains with (``cls_only.py``): the bound for the arithmetic (a) actually does.
+    """
     import torch
 
+    from emotions_pl import cls_only
     from emotions_pl.model import EmotionClassifier
 
     torch.manual_seed(HPARAMS["seed"])
@@ -198,6 +205,8 @@ def run_bare(cfg: dict) -> dict:
     dm.setup("fit")
     batches = list(dm.train_dataloader())
     model = EmotionClassifier(MINILM, random_init_config=MODELS[cfg["model"]])
+    if cfg["runner"] == "bare_cls_only":
+        cls_only.apply(model.model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=HPARAMS["learning_rate"], fused=True)
     device = "cuda" if cfg["accelerator"] == "gpu" else "cpu"
     model.to(device).train()
@@ -301,6 +310,7 @@ def compare(args: argparse.Namespace, root: Path) -> dict:
                     "vs_b": ratio(med, name, "b_hf_trainer"),
                     "vs_c": ratio(med, name, "c_hf_trainer_tuned" + peer),
                     "vs_bound": ratio(med, name, "bare_bound" + peer),
+                    "vs_cls_bound": ratio(med, name, "bare_bound_cls_only" + peer),
                 }
             )
     print(
@@ -317,6 +327,7 @@ def compare(args: argparse.Namespace, root: Path) -> dict:
                 "vs_b",
                 "vs_c",
                 "vs_bound",
+                "vs_cls_bound",
             ],
         )
     )

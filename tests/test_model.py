@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from torch.utils.data import DataLoader
 
+from emotions_pl import cls_only
 from emotions_pl.data import LABELS
 from emotions_pl.model import EmotionClassifier, layer_depth
 
@@ -160,3 +163,58 @@ def test_compile_keeps_checkpoint_keys(minilm_dir) -> None:
     compiled.configure_model()
     assert list(compiled.state_dict()) == list(plain.state_dict())
     compiled.load_state_dict(plain.state_dict())
+
+
+TINY_BERT = {
+    "model_type": "bert",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+}
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("arch", [TINY, TINY_BERT], ids=["distilbert", "bert"])
+def test_cls_only_last_layer_keeps_logits_and_gradients(minilm_dir, batch, arch: dict, attn: str) -> None:
+    """Same function of the same weights, padded batch included: logits and every gradient agree."""
+    torch.manual_seed(0)
+    full = EmotionClassifier(str(minilm_dir), random_init_config=arch, cls_only_last_layer=False)
+    fast = EmotionClassifier(str(minilm_dir), random_init_config=arch)
+    fast.load_state_dict(full.state_dict())
+    for m in (full, fast):
+        m.model.config._attn_implementation = attn
+        m.configure_model()  # where a Trainer applies it
+        m.eval()  # dropout off, so both draw nothing random
+    layer = getattr(fast.model.base_model, "encoder" if arch is TINY_BERT else "transformer").layer[-1]
+    assert layer.forward.__func__ is not type(layer).forward, "the last layer was not patched"
+    assert batch["attention_mask"].min() == 0, "the batch must contain padding"
+    outputs = []
+    for m in (full, fast):
+        logits = m(batch["input_ids"], batch["attention_mask"])
+        m._loss(logits, batch["labels"]).backward()
+        outputs.append((logits, {n: p.grad for n, p in m.named_parameters()}))
+    (logits_full, grads_full), (logits_fast, grads_fast) = outputs
+    torch.testing.assert_close(logits_fast, logits_full, atol=1e-6, rtol=1e-5)
+    assert grads_fast.keys() == grads_full.keys()
+    for name, grad in grads_full.items():
+        torch.testing.assert_close(grads_fast[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    assert list(fast.state_dict()) == list(full.state_dict())
+
+
+def test_cls_only_leaves_other_architectures_alone(minilm_dir) -> None:
+    roberta = {**TINY_BERT, "model_type": "roberta"}
+    model = EmotionClassifier(str(minilm_dir), random_init_config=roberta)
+    model.configure_model()
+    layer = model.model.roberta.encoder.layer[-1]
+    assert layer.forward.__func__ is type(layer).forward
+
+
+def test_a_trainer_fit_runs_the_cls_only_layer(tiny: EmotionClassifier, batch) -> None:
+    layer = tiny.model.distilbert.transformer.layer[-1]
+    assert layer.forward.__func__ is type(layer).forward  # outside a Trainer: the plain HF model
+    trainer = pl.Trainer(
+        fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    trainer.fit(tiny, train_dataloaders=DataLoader([batch], batch_size=None))
+    assert layer.forward.__func__ is cls_only._distilbert_block
