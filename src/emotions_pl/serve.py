@@ -325,7 +325,7 @@ class _LitServer(ls.LitServer):
 
     LitServe's monitor thread polls ``_shutdown_event``, a proxy into the multiprocessing manager,
     every 2 s. Its shutdown terminates the workers and then the manager without stopping that
-    thread, so a poll that lands late raises ``ConnectionResetError`` (a traceback on every few
+    thread, so a poll that lands late raises ``ConnectionResetError`` (an occasional traceback after
     Ctrl+C) or sees the terminated workers and starts a second shutdown. Swapping in a local,
     already-set event first makes the monitor's next poll its last.
     """
