@@ -197,7 +197,6 @@ def run_bare(cfg: dict) -> dict:
     """
     import torch
 
-    from emotions_pl import cls_only
     from emotions_pl.model import EmotionClassifier
 
     torch.manual_seed(HPARAMS["seed"])
@@ -206,7 +205,7 @@ def run_bare(cfg: dict) -> dict:
     batches = list(dm.train_dataloader())
     model = EmotionClassifier(MINILM, random_init_config=MODELS[cfg["model"]])
     if cfg["runner"] == "bare_cls_only":
-        cls_only.apply(model.model)
+        model.configure_model()  # what a Trainer calls for (a): swaps in the [CLS]-only last layer
     optimizer = torch.optim.AdamW(model.parameters(), lr=HPARAMS["learning_rate"], fused=True)
     device = "cuda" if cfg["accelerator"] == "gpu" else "cpu"
     model.to(device).train()
