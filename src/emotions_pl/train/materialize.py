@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,8 +19,11 @@ from typing import Any
 import pandas as pd
 
 from emotions_pl import sources
-from emotions_pl.callbacks import atomic_write_text
-from emotions_pl.data import LABELS, SPLITS, DataValidationError, load_splits
+from emotions_pl.commands import tool_parser
+from emotions_pl.errors import UserError
+from emotions_pl.files import atomic_write_text, publish_dir, staging_dir
+from emotions_pl.schema import LABELS, SPLITS
+from emotions_pl.train.data import load_splits
 
 
 def length_stats(values: pd.Series) -> dict[str, float]:
@@ -62,23 +62,15 @@ def write_jsonl(frame: pd.DataFrame, path: Path) -> None:
 
 
 def write_splits(tables: dict[str, pd.DataFrame], output: Path, fmt: str) -> None:
-    """Write all splits into a temporary folder beside ``output`` and swap it in, never half a data set."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}."))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the data set is not
+    """Write all splits into a folder beside ``output`` and swap it in, never half a data set."""
+    tmp = staging_dir(output)
     try:
         for split, frame in tables.items():
             if fmt == "jsonl":
                 write_jsonl(frame, tmp / f"{split}.jsonl")
             else:
                 frame.to_parquet(tmp / f"{split}.parquet", index=False)
-        old = output.with_name(f".{output.name}.old")
-        if output.exists():
-            os.replace(output, old)
-        os.replace(tmp, output)
-        shutil.rmtree(old, ignore_errors=True)
+        publish_dir(tmp, output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -86,7 +78,7 @@ def write_splits(tables: dict[str, pd.DataFrame], output: Path, fmt: str) -> Non
 def materialize(source: str, output: Path, fmt: str = "jsonl", report: Path | None = None) -> dict[str, Any]:
     resolved = Path(sources.resolve(source))
     if resolved.exists() and resolved.resolve() == output.resolve():
-        raise ValueError(f"--output {output} is the source folder itself; choose another folder.")
+        raise UserError(f"--output {output} is the source folder itself; choose another folder.")
     tables = load_splits(source, LABELS)
     summary = data_report(tables, LABELS)
     write_splits(tables, output, fmt)
@@ -96,7 +88,7 @@ def materialize(source: str, output: Path, fmt: str = "jsonl", report: Path | No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m emotions_pl data", description=__doc__.splitlines()[0])
+    parser = tool_parser("data")
     parser.add_argument(
         "--source", required=True, help="hub id (dair-ai/emotion), local folder, or package:<module>/<folder>"
     )
@@ -106,13 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        summary = materialize(args.source, args.output, args.format, args.report)
-    except (DataValidationError, sources.HubUnreachableError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    summary = materialize(args.source, args.output, args.format, args.report)
     rows = ", ".join(f"{split} {summary[split]['rows']}" for split in SPLITS)
     print(
         f"data: {args.source} -> {args.output} ({args.format}; {rows})"

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 from jsonargparse import Namespace
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from emotions_pl.data import EmotionDataModule
-from emotions_pl.model import EmotionClassifier
+from emotions_pl.commands import COMMANDS, PROG
+from emotions_pl.errors import debug_enabled
+from emotions_pl.train.callbacks import RunSummary
+from emotions_pl.train.data import EmotionDataModule
+from emotions_pl.train.model import EmotionClassifier
+
+RUNS_ROOT = "runs"
 
 
 def auto_precision(accelerator: str) -> str:
@@ -25,14 +32,34 @@ def auto_precision(accelerator: str) -> str:
 RUN_PATHS = {"dirpath": "checkpoints", "output_path": "predictions.jsonl"}
 
 
-def fill_run_paths(trainer: Namespace) -> None:
-    """Put the checkpoints' and predictions' unset paths inside ``trainer.default_root_dir``."""
-    root = Path(trainer.default_root_dir or ".")
+def fill_run_paths(config: Namespace) -> None:
+    """Name the run folder after the experiment when unset (``runs/<experiment>``), and put the
+    checkpoints' and predictions' unset paths inside it."""
+    trainer = config.trainer
+    if trainer.default_root_dir is None:
+        configs = [Path(str(c)) for c in (config.get("config") or [])]
+        trainer.default_root_dir = str(Path(RUNS_ROOT) / (configs[0].stem if configs else "default"))
+    root = Path(trainer.default_root_dir)
+    logger_args = getattr(trainer.logger, "init_args", None)
+    if logger_args is not None and "save_dir" in logger_args and logger_args.save_dir is None:
+        logger_args.save_dir = str(root)  # the link from default_root_dir ran before it was named
     for callback in trainer.callbacks or []:
         init_args = getattr(callback, "init_args", None)
         for key, sub in RUN_PATHS.items():
             if init_args is not None and key in init_args and init_args[key] is None:
                 init_args[key] = str(root / sub)
+
+
+class EmotionsArgumentParser(LightningArgumentParser):
+    """A bad flag or config value is one ``error:`` line naming it (exit 2), not a usage screen."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error or debug_enabled():
+            super().error(message, ex)
+        lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+        sys.stderr.write(f"error: {' '.join(lines[:2])}\n")
+        sys.stderr.write(f"(see {self.prog} --help)\n")
+        sys.exit(2)
 
 
 class EmotionsCLI(LightningCLI):
@@ -45,10 +72,9 @@ class EmotionsCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        trainer = config.trainer
-        if trainer.precision is None:
-            trainer.precision = auto_precision(trainer.accelerator)
-        fill_run_paths(trainer)
+        if config.trainer.precision is None:
+            config.trainer.precision = auto_precision(config.trainer.accelerator)
+        fill_run_paths(config)
 
     def _report(self) -> None:
         trainer = self.trainer
@@ -60,6 +86,8 @@ class EmotionsCLI(LightningCLI):
                 print(f"checkpoint: best {ckpt.best_model_path} ({ckpt.monitor}={ckpt.best_model_score:.4f})")
             elif ckpt.best_model_path:
                 print(f"checkpoint: latest {ckpt.best_model_path}")
+        if self.subcommand == "fit":
+            print(f"run summary: {Path(trainer.default_root_dir) / 'run.json'}")
         if log_dir:
             print(f"logs and resolved config: {log_dir}")
         metrics = {
@@ -71,12 +99,27 @@ class EmotionsCLI(LightningCLI):
     after_fit = after_validate = after_test = after_predict = _report
 
 
-def run_cli(args: list[str] | None = None) -> EmotionsCLI:
-    return EmotionsCLI(
+def parser_kwargs() -> dict[str, Any]:
+    """One program name and style for the four subcommands, each with its summary and an example."""
+    per_command = {
+        c.name: {
+            "description": c.summary[0].upper() + c.summary[1:] + ".",
+            "epilog": f"example:\n  {c.example}",
+        }
+        for c in COMMANDS
+        if c.module is None
+    }
+    return {"parser_mode": "omegaconf", "prog": PROG, **per_command}
+
+
+def run_cli(cli_class: type[EmotionsCLI] = EmotionsCLI) -> EmotionsCLI:
+    """Run the LightningCLI on ``sys.argv`` (``__main__`` puts the subcommand's arguments there)."""
+    return cli_class(
         EmotionClassifier,
         EmotionDataModule,
         seed_everything_default=42,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "omegaconf"},
-        args=args,
+        parser_kwargs=parser_kwargs(),
+        parser_class=EmotionsArgumentParser,
+        trainer_defaults={"callbacks": [RunSummary()]},
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,8 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from emotions_pl.callbacks import atomic_write_text
+from emotions_pl.files import atomic_write, atomic_write_text
+from emotions_pl.plots import confusion_figure
 
 API_KEY_ENV = "WANDB_API_KEY"
 MODE_ENV = "WANDB_MODE"
@@ -127,9 +127,9 @@ class ConfusionMatrixLogger(Callback):
             "matrix": counts.tolist(),  # rows: true label, columns: predicted label
         }
         atomic_write_text(folder / f"{stage}.json", json.dumps(record, indent=1) + "\n")
-        figure = render_confusion_matrix(counts, labels, f"{stage} · epoch {trainer.current_epoch}")
+        figure = confusion_figure(counts.numpy(), labels, f"{stage} · epoch {trainer.current_epoch}")
         png = folder / f"{stage}.png"
-        save_figure(figure, png)
+        atomic_write(png, lambda tmp: figure.savefig(tmp, format="png"))
         key = f"{stage}/confusion_matrix"
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
@@ -139,47 +139,6 @@ class ConfusionMatrixLogger(Callback):
         import matplotlib.pyplot as plt
 
         plt.close(figure)
-
-
-def render_confusion_matrix(counts: torch.Tensor, labels: list[str], title: str) -> Any:
-    """A heat map coloured by the share of each true class (rows), annotated with the raw counts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    counts = counts.to(torch.float64)
-    shares = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
-    accuracy = float(counts.diagonal().sum() / counts.sum().clamp(min=1))
-    figure, axes = plt.subplots(figsize=(6, 5), dpi=100)
-    axes.imshow(shares.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
-    ticks = range(len(labels))
-    axes.set_xticks(ticks, labels, rotation=45, ha="right")
-    axes.set_yticks(ticks, labels)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    axes.set_title(f"{title} · accuracy {accuracy:.3f}")
-    for i in ticks:
-        for j in ticks:
-            axes.text(
-                j,
-                i,
-                f"{int(counts[i, j])}",
-                ha="center",
-                va="center",
-                color="white" if shares[i, j] > 0.5 else "black",
-                fontsize=8,
-            )
-    figure.tight_layout()
-    return figure
-
-
-def save_figure(figure: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    figure.savefig(tmp)
-    os.replace(tmp, path)
 
 
 class EmotionsWandbLogger(WandbLogger):

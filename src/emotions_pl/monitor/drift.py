@@ -18,7 +18,6 @@ import io
 import json
 import random
 import re
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,14 +25,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-from scipy import stats
 
-from emotions_pl.callbacks import atomic_write_text
-from emotions_pl.data import FORMATS, LABELS, DataValidationError, find_split_file, read_table
+from emotions_pl.commands import tool_parser
+from emotions_pl.errors import UserError
+from emotions_pl.files import atomic_write_text
+from emotions_pl.schema import LABEL as LOG_LABEL
+from emotions_pl.schema import LABELS, label_index
+from emotions_pl.schema import LOG_TEXT_CHARS as LOG_LENGTH
+from emotions_pl.schema import SCORE as LOG_SCORE
+from emotions_pl.tables import FORMATS, DataValidationError, find_split_file, read_table
 
-# Fields of the server's prediction log lines (predlog.py); a data file has ``text`` instead.
-LOG_LENGTH, LOG_LABEL, LOG_SCORE = "text_chars", "label", "score"
+# The server's prediction log lines carry LOG_LENGTH, LOG_LABEL and LOG_SCORE (schema.py); a data
+# file has ``text`` instead.
 DEFAULT_MIN_EFFECT = {"text_length": 0.1, "oov_rate": 0.05, "unk_rate": 0.02, "label": 0.1, "score": 0.1}
 SMALL_SAMPLE = 50
 _WORDS = re.compile(r"\w+")
@@ -75,7 +78,7 @@ class Check:
 def data_files(path: Path, role: str) -> list[Path]:
     """A file, or a folder's files: a data folder's train split, else every jsonl/csv/parquet inside."""
     if not path.exists():
-        raise FileNotFoundError(f"--{role}: {path} does not exist.")
+        raise UserError(f"--{role}: {path} does not exist.")
     if path.is_file():
         return [path]
     if role == "reference" and any((path / f"train{ext}").exists() for ext in FORMATS):
@@ -91,32 +94,13 @@ def is_table(path: Path) -> bool:
     return path.suffix in FORMATS or bool(re.fullmatch(r".*\.jsonl\.\d+", path.name))
 
 
-def read_records(path: Path) -> tuple[pd.DataFrame, int]:
-    """Like ``data.read_table`` (frame, row-number offset), but tolerant of a log's blank last line."""
-    if path.suffix in (".csv", ".parquet"):
-        return read_table(path)
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataValidationError(f"{path} line {number}: invalid JSON ({e.msg}).") from e
-            if not isinstance(row, dict):
-                raise DataValidationError(f"{path} line {number}: expected a JSON object.")
-            rows.append(row)
-    return pd.DataFrame(rows), 1
-
-
 def label_name(value: Any, labels: Sequence[str], where: str) -> str:
-    if isinstance(value, str) and value.strip().lower() in labels:
-        return value.strip().lower()
-    is_index = not isinstance(value, bool) and isinstance(value, int | float) and float(value).is_integer()
-    if is_index and 0 <= int(value) < len(labels):
-        return labels[int(value)]
-    raise DataValidationError(f"{where}: label {value!r} is not one of {list(labels)} or an index into them.")
+    index = label_index(value, labels)
+    if index is None:
+        raise DataValidationError(
+            f"{where}: label {value!r} is not one of {list(labels)} or an index into them."
+        )
+    return labels[index]
 
 
 def load_sample(paths: Sequence[Path], role: str, labels: Sequence[str]) -> Sample:
@@ -129,7 +113,7 @@ def load_sample(paths: Sequence[Path], role: str, labels: Sequence[str]) -> Samp
     scores: list[float] = []
     kinds = set()
     for path in files:
-        frame, offset = read_records(path)
+        frame, offset = read_table(path, skip_blank_lines=True)
         if frame.empty:
             continue
         kind = "data" if "text" in frame.columns and LOG_LENGTH not in frame.columns else "log"
@@ -239,6 +223,8 @@ def unk_fractions(texts: Sequence[str], tokenizer: Any) -> tuple[np.ndarray, flo
 
 
 def ks_check(name: str, ref: np.ndarray, cur: np.ndarray, min_effect: float) -> Check:
+    from scipy import stats
+
     result = stats.ks_2samp(ref, cur)
     return Check(
         name,
@@ -258,6 +244,8 @@ def rate_check(
     name: str, ref: tuple[np.ndarray, float], cur: tuple[np.ndarray, float], min_effect: float, note: str
 ) -> Check:
     """Mann-Whitney U on per-text rates; the effect is the difference of the pooled token rates."""
+    from scipy import stats
+
     (ref_texts, ref_rate), (cur_texts, cur_rate) = ref, cur
     if np.array_equal(np.unique(np.concatenate([ref_texts, cur_texts])), [0.0]):
         p = 1.0  # no unknown token on either side; the U test is undefined on all-equal data
@@ -276,6 +264,8 @@ def rate_check(
 
 def label_check(ref: Sequence[str], cur: Sequence[str], labels: Sequence[str], min_effect: float) -> Check:
     """Chi-square test of homogeneity on the label counts; the effect is the total variation distance."""
+    from scipy import stats
+
     ref_counts, cur_counts = Counter(ref), Counter(cur)
     used = [name for name in labels if ref_counts[name] + cur_counts[name] > 0]
     table = np.array([[ref_counts[n] for n in used], [cur_counts[n] for n in used]])
@@ -486,13 +476,16 @@ def parse_effects(values: Sequence[str]) -> dict[str, float]:
     for value in values:
         name, sep, number = value.partition("=")
         if not sep or name not in floors:
-            raise ValueError(f"--min-effect {value!r}: expected NAME=VALUE with NAME in {sorted(floors)}.")
-        floors[name] = float(number)
+            raise UserError(f"--min-effect {value!r}: expected NAME=VALUE with NAME in {sorted(floors)}.")
+        try:
+            floors[name] = float(number)
+        except ValueError:
+            raise UserError(f"--min-effect {value!r}: {number!r} is not a number.") from None
     return floors
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="emotions_pl drift", description=__doc__.split("\n\n")[0])
+    p = tool_parser("drift")
     p.add_argument(
         "--reference",
         required=True,
@@ -529,18 +522,18 @@ def build_parser() -> argparse.ArgumentParser:
 def drift(args: argparse.Namespace) -> dict[str, Any]:
     floors = parse_effects(args.min_effect)
     if args.threshold < 1 or args.max_rows < 1 or not 0 < args.alpha < 1:
-        raise ValueError("--threshold and --max-rows must be >= 1 and --alpha between 0 and 1.")
+        raise UserError("--threshold and --max-rows must be >= 1 and --alpha between 0 and 1.")
     predictor = tokenizer = None
     labels: Sequence[str] = LABELS
     if args.model:
         from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        from emotions_pl.inference import load_predictor
+        from emotions_pl.artifact.predictor import Predictor
 
         hf_logging.disable_progress_bar()
 
-        predictor = load_predictor(args.model, variant=args.variant)
+        predictor = Predictor.from_folder(args.model, variant=args.variant)
         labels = list(predictor.labels)
         tokenizer = AutoTokenizer.from_pretrained(args.model)
     ref = subsample(load_sample(args.reference, "reference", labels), args.max_rows, args.seed)
@@ -575,13 +568,8 @@ def drift(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        summary = drift(args)
-    except (DataValidationError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    summary = drift(args)
     for c in summary["checks"]:
         if c["skipped"]:
             print(f"{c['name']:<12} skipped: {c['skipped']}")

@@ -13,19 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torchmetrics.functional.classification import multiclass_f1_score
 
-from emotions_pl import perturb
-from emotions_pl.callbacks import atomic_write_text
-from emotions_pl.data import DataValidationError, find_split_file, read_table, validate_split
+from emotions_pl.commands import tool_parser
+from emotions_pl.errors import UserError
+from emotions_pl.files import atomic_write_text
+from emotions_pl.monitor import perturb
+from emotions_pl.tables import read_split
 
 CLEAN = "clean"
 
@@ -35,13 +34,7 @@ def load_split(
 ) -> tuple[list[str], np.ndarray]:
     """A split file (or a data folder's test split) as texts and label indices; ``limit`` keeps a
     seeded sample of rows, in file order."""
-    if path.is_dir():
-        path = find_split_file(path, "test")
-    if not path.exists():
-        raise FileNotFoundError(f"--data: {path} does not exist.")
-    frame, offset = read_table(path)
-    targets = validate_split(frame, str(path), labels, offset)
-    texts = frame["text"].tolist()
+    texts, targets = read_split(path, labels)
     if limit is not None and limit < len(texts):
         keep = sorted(random.Random(seed).sample(range(len(texts)), limit))
         texts, targets = [texts[i] for i in keep], [targets[i] for i in keep]
@@ -53,11 +46,11 @@ def predict(predictor: Any, texts: Sequence[str], batch_size: int) -> np.ndarray
 
 
 def scores(preds: np.ndarray, targets: np.ndarray, num_classes: int) -> dict[str, float]:
-    """Accuracy and macro-F1 computed as in training (torchmetrics), so that the numbers compare."""
-    macro_f1 = multiclass_f1_score(
-        torch.from_numpy(preds), torch.from_numpy(targets), num_classes=num_classes, average="macro"
-    )
-    return {"accuracy": float((preds == targets).mean()), "macro_f1": float(macro_f1)}
+    """Accuracy and macro-F1 as in training (``metrics.py``), so that the numbers compare."""
+    from emotions_pl import metrics
+
+    values = metrics.scores(preds, targets, num_classes)
+    return {"accuracy": values["acc"], "macro_f1": values["f1_macro"]}
 
 
 def evaluate_variant(
@@ -112,7 +105,7 @@ def markdown_table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="emotions_pl robustness", description=__doc__.split("\n\n")[0])
+    p = tool_parser("robustness")
     p.add_argument("--model", required=True, help="exported model folder (from `emotions_pl export`)")
     p.add_argument(
         "--data", required=True, type=Path, help="labelled split file, or a data folder (its test split)"
@@ -136,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 def robustness(args: argparse.Namespace) -> dict[str, Any]:
     from transformers.utils import logging as hf_logging
 
-    from emotions_pl.inference import VARIANT_FILES, load_predictor
+    from emotions_pl.artifact.predictor import VARIANT_FILES, Predictor
 
     hf_logging.disable_progress_bar()
 
@@ -147,13 +140,13 @@ def robustness(args: argparse.Namespace) -> dict[str, Any]:
     names = [n.strip() for n in args.perturbations.split(",") if n.strip()]
     unknown = sorted(set(names) - set(perturb.PERTURBATIONS))
     if unknown:
-        raise ValueError(f"--perturbations: unknown {unknown}; choose from {list(perturb.PERTURBATIONS)}.")
+        raise UserError(f"--perturbations: unknown {unknown}; choose from {list(perturb.PERTURBATIONS)}.")
     if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be positive, got {args.limit}.")
+        raise UserError(f"--limit must be positive, got {args.limit}.")
     results: dict[str, dict[str, Any]] = {}
     texts: list[str] = []
     for variant in variants:
-        predictor = load_predictor(args.model, variant=variant)
+        predictor = Predictor.from_folder(args.model, variant=variant)
         if not texts:
             texts, targets = load_split(args.data, list(predictor.labels), args.limit, args.seed)
         results[variant] = evaluate_variant(predictor, texts, targets, names, args.seed, args.batch_size)
@@ -172,13 +165,8 @@ def robustness(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        report = robustness(args)
-    except (DataValidationError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    report = robustness(args)
     print(f"{report['rows']} rows of {report['data']}, seed {report['seed']}\n")
     print(markdown_table(report["variants"]))
     print(f"wrote {args.output / 'robustness.json'} and {args.output / 'robustness.md'}")

@@ -18,9 +18,7 @@ import os
 import secrets
 import shutil
 import signal
-import sys
 import tempfile
-import threading
 import time
 from contextlib import asynccontextmanager
 from itertools import pairwise
@@ -37,21 +35,19 @@ from fastapi.security import APIKeyHeader
 from litserve.loops import BatchedLoop
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from emotions_pl.inference import (
+from emotions_pl import schema
+from emotions_pl.artifact.predictor import (
     VARIANT_FILES,
     Encoded,
     ExportFolderError,
-    load_predictor,
+    Predictor,
     read_info,
     softmax,
 )
-from emotions_pl.predlog import PredictionLog
+from emotions_pl.patches.litserve import LitServer
+from emotions_pl.serve.options import API_KEY_ENV, MAX_BODY_BYTES, MAX_TEXT_CHARS, MAX_TEXTS
+from emotions_pl.serve.predlog import PredictionLog
 
-# Documented request limits (docs/serving.md); each violation is a 4xx JSON answer.
-MAX_TEXT_CHARS = 2000
-MAX_TEXTS = 64
-MAX_BODY_BYTES = 1024 * 1024
-API_KEY_ENV = "LIT_SERVER_API_KEY"
 OPEN_PATHS = {"/health"}  # liveness/readiness probes carry no secrets
 PREDICT_PATH = "/predict"
 KNOWN_PATHS = {"/", PREDICT_PATH, "/health", "/info", "/metrics", "/docs", "/openapi.json"}
@@ -91,9 +87,14 @@ class PredictRequest(BaseModel):
 
 
 class Prediction(BaseModel):
+    """The prediction record of ``schema.prediction``."""
+
     label: str = Field(description="the most probable emotion")
     score: float = Field(description="its probability")
     scores: dict[str, float] = Field(description="probability of every label")
+
+
+assert set(Prediction.model_fields) == {schema.LABEL, schema.SCORE, schema.SCORES}  # one record everywhere
 
 
 @functools.cache
@@ -146,7 +147,7 @@ class EmotionAPI(ls.LitAPI):
 
         hf_logging.disable_progress_bar()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C hits the group; the main process stops workers
-        self.predictor = load_predictor(self.model_dir, self.variant, self.num_threads)
+        self.predictor = Predictor.from_folder(self.model_dir, self.variant, self.num_threads)
         self.predictor.predict(["warm up the kernels before /health says ok"])
         for label in self.predictor.labels:
             metrics().labels.labels(label)
@@ -320,25 +321,6 @@ def model_metadata(
     }
 
 
-class _LitServer(ls.LitServer):
-    """LitServer whose worker monitor stops before the shutdown it would otherwise race.
-
-    LitServe's monitor thread polls ``_shutdown_event``, a proxy into the multiprocessing manager,
-    every 2 s. Its shutdown terminates the workers and then the manager without stopping that
-    thread, so a poll that lands late raises ``ConnectionResetError`` (an occasional traceback after
-    Ctrl+C) or sees the terminated workers and starts a second shutdown. Swapping in a local,
-    already-set event first makes the monitor's next poll its last.
-    """
-
-    def _perform_graceful_shutdown(
-        self, manager: Any, uvicorn_workers: Any, shutdown_reason: str = "normal"
-    ) -> None:
-        stopped = threading.Event()
-        stopped.set()
-        self._shutdown_event = stopped
-        super()._perform_graceful_shutdown(manager, uvicorn_workers, shutdown_reason)
-
-
 def build_server(args: argparse.Namespace) -> ls.LitServer:
     info = read_info(args.model)
     if not (Path(args.model) / VARIANT_FILES[args.variant]).is_file():
@@ -350,7 +332,7 @@ def build_server(args: argparse.Namespace) -> ls.LitServer:
         args.model, args.variant, args.max_batch_size, args.batch_timeout, args.api_key_env, threads
     )
     prediction_log = PredictionLog(args.log_dir, args.log_text, args.variant) if args.log_dir else None
-    server = _LitServer(
+    server = LitServer(
         api,
         accelerator="cpu",
         workers_per_device=args.workers_per_device,
@@ -383,48 +365,6 @@ def build_server(args: argparse.Namespace) -> ls.LitServer:
     return server
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m emotions_pl serve",
-        description="Serve an exported emotion classifier over HTTP (LitServe).",
-    )
-    p.add_argument("--model", required=True, help="export folder from `python -m emotions_pl export`")
-    p.add_argument(
-        "--variant",
-        choices=sorted(VARIANT_FILES),
-        default="fp32",
-        help="fp32 (PyTorch), onnx or int8 (ONNX Runtime); onnx/int8 must have been exported",
-    )
-    p.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "0.0.0.0", "::"])
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-batch-size", type=int, default=32, help="requests per model batch")
-    p.add_argument("--batch-timeout", type=float, default=0.01, help="seconds to wait for a batch to fill")
-    p.add_argument(
-        "--workers-per-device", type=int, default=1, help="inference processes (CPU threads are split)"
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        help="CPU threads per inference process "
-        "(default: the cores minus one for the HTTP process, split between workers)",
-    )
-    p.add_argument(
-        "--timeout", type=float, default=30, help="seconds a request may wait in the queue (then 504)"
-    )
-    p.add_argument(
-        "--api-key-env",
-        default=API_KEY_ENV,
-        help="environment variable holding the API key; when it is set, X-API-Key is required",
-    )
-    p.add_argument("--log-dir", help="write per-text prediction records (rotating jsonl) here")
-    p.add_argument("--log-text", action="store_true", help="include the raw text in the prediction log")
-    p.add_argument("--fast-queue", action="store_true", help="ZeroMQ between HTTP and inference processes")
-    p.add_argument(
-        "--log-level", default="warning", help="uvicorn/LitServe log level (info logs every request)"
-    )
-    return p
-
-
 def _interrupt_on_sigterm(main_pid: int) -> None:
     """SIGTERM takes LitServe's Ctrl+C path, which stops the HTTP and inference processes."""
 
@@ -447,10 +387,8 @@ def _stop_children() -> None:
             child.kill()
 
 
-def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    if args.max_batch_size < 1 or args.workers_per_device < 1 or args.batch_timeout < 0:
-        _parser().error("--max-batch-size and --workers-per-device must be >= 1, --batch-timeout >= 0")
+def serve(args: argparse.Namespace) -> int:
+    """Run the server until Ctrl+C or SIGTERM (``options.run`` checks the flags first)."""
     metrics_dir = tempfile.mkdtemp(prefix="emotions-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before any process creates a metric
     _interrupt_on_sigterm(os.getpid())
@@ -462,9 +400,6 @@ def main(argv: list[str]) -> int:
             flush=True,
         )
         server.run(host=args.host, port=args.port, generate_client_file=False, log_level=args.log_level)
-    except ExportFolderError as e:
-        print(f"serve: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         pass
     finally:

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from logging.handlers import QueueListener, RotatingFileHandler
 from pathlib import Path
 
+from emotions_pl import schema
+
 MAX_BYTES = 10 * 1024 * 1024
 BACKUPS = 5
 
@@ -46,9 +48,9 @@ class _Exchange:
             record = {
                 **common,
                 "index": index,
-                "text_chars": len(text),
-                "label": pred["label"],
-                "score": round(pred["score"], 6),
+                schema.LOG_TEXT_CHARS: len(text),
+                schema.LABEL: pred[schema.LABEL],
+                schema.SCORE: round(pred[schema.SCORE], 6),
             }
             if self.log_text:
                 record["text"] = text

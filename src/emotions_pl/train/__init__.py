@@ -1,0 +1,1 @@
+"""Stage 1, train: data module, classifier, LightningCLI, callbacks, tracking and the ``data`` stage."""
