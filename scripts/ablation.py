@@ -5,21 +5,24 @@ Each variant is the offline experiment (MiniLM, lr 1e-4, 3 epochs, best epoch on
 
     EMOTIONS_DATA_DIR=../shared/data/emotion .venv/bin/python scripts/ablation.py --variants baseline,epochs_5
 
-Resumable: a variant whose run folder already holds a best checkpoint is not trained again, one with test
-metrics is not tested again, so an interrupted ablation picks up where it stopped.
+Every number comes from the run's run.json: the best checkpoint and its validation score that `fit` wrote,
+and the test metrics that `test` added for that checkpoint. Resumable: a variant whose fit finished (its
+run.json names a best checkpoint) is not trained again, one whose best checkpoint was tested is not tested
+again, so an interrupted ablation picks up where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from bench_train import table  # scripts/ is on sys.path when this file runs as a script
+from emotions_pl.train import summary
 
 EXPERIMENT = "configs/experiment/offline.yaml"
 # Class weights from the train split's counts n_k (4666/5362/1304/2159/1937/572 over K = 6 classes):
@@ -47,35 +50,38 @@ def cli(command: str, run: Path, seed: int, overrides: list[str], *extra: str) -
             sys.exit(f"{command} failed for {run}: see {log}")
 
 
-def logged(run: Path, column: str) -> list[dict[str, str]]:
-    """Rows of every CSV-logger version of a run that carry ``column``."""
-    rows = []
-    for metrics in sorted((run / "logs").glob("version_*/metrics.csv")):
-        with metrics.open() as f:
-            rows += [row for row in csv.DictReader(f) if row.get(column)]
-    return rows
+def best_checkpoint(run: Path) -> tuple[dict[str, Any], Path | None]:
+    """The run summary of a finished fit and its best checkpoint (``None`` before the fit finished)."""
+    record = summary.read(run / summary.RUN_FILE)
+    best = record.get("checkpoints", {}).get("best")
+    return record, Path(best) if best and Path(best).is_file() else None
 
 
 def run_variant(name: str, root: Path, seed: int) -> dict:
     run = root / name
     run.mkdir(parents=True, exist_ok=True)
     timing = run / "fit_seconds.txt"
-    if not list(run.glob("checkpoints/epoch*.ckpt")):
+    record, best = best_checkpoint(run)
+    if best is None:
         start = time.perf_counter()
         cli("fit", run, seed, VARIANTS[name])
         timing.write_text(f"{time.perf_counter() - start:.0f}\n")
-    if not logged(run, "test/acc"):
-        cli("test", run, seed, VARIANTS[name], "--ckpt_path", str(next(run.glob("checkpoints/epoch*.ckpt"))))
-    test = logged(run, "test/acc")[-1]
+        record, best = best_checkpoint(run)
+        if best is None:
+            sys.exit(f"fit wrote no best checkpoint to {run / summary.RUN_FILE}")
+    if "test" not in summary.checkpoint_metrics(record, best, None):
+        cli("test", run, seed, VARIANTS[name], "--ckpt_path", str(best))
+        record = summary.read(run / summary.RUN_FILE)
+    test = summary.checkpoint_metrics(record, best, None)["test"]
     return {
         "variant": name,
         "overrides": " ".join(VARIANTS[name]),
         "fit_min": round(float(timing.read_text()) / 60, 1) if timing.exists() else None,
-        "best_val_f1_macro": round(max(float(r["val/f1_macro"]) for r in logged(run, "val/f1_macro")), 4),
-        "test_acc": round(float(test["test/acc"]), 4),
-        "test_f1_macro": round(float(test["test/f1_macro"]), 4),
-        "f1_love": round(float(test["test/f1/love"]), 4),
-        "f1_surprise": round(float(test["test/f1/surprise"]), 4),
+        "best_val_f1_macro": round(max(e["val/f1_macro"] for e in record["epochs"]), 4),
+        "test_acc": round(test["test/acc"], 4),
+        "test_f1_macro": round(test["test/f1_macro"], 4),
+        "f1_love": round(test["test/f1/love"], 4),
+        "f1_surprise": round(test["test/f1/surprise"], 4),
     }
 
 

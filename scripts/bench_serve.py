@@ -19,9 +19,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +29,9 @@ import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the server process helper is the tests' own
+from helpers import SERVE, Server  # noqa: E402
+
 DEFAULT_DATA = (
     Path(os.environ.get("EMOTIONS_DATA_DIR", REPO.parent / "shared" / "data" / "emotion")) / "test.jsonl"
 )
@@ -40,49 +40,6 @@ SAMPLE_DATA = REPO / "src" / "emotions_pl" / "sample" / "test.jsonl"
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """A server command on a free port, ready once /health answers 200; stopped with SIGINT."""
-
-    def __init__(self, name: str, command: list[str], log_dir: Path):
-        self.name, self.port = name, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log_dir / f"{name}.log"
-        env = {k: v for k, v in os.environ.items() if k != "LIT_SERVER_API_KEY"}
-        self.proc = subprocess.Popen(
-            [*command, "--port", str(self.port)],
-            cwd=REPO,
-            env=env,
-            stdout=self.log.open("w"),
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        raise RuntimeError(f"{self.name} not ready after {timeout} s")
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 async def load(url: str, texts: list[str], concurrency: int, requests: int) -> dict[str, Any]:
@@ -117,12 +74,18 @@ async def load(url: str, texts: list[str], concurrency: int, requests: int) -> d
 
 
 def run_server_bench(
-    name: str, command: list[str], texts: list[str], args: argparse.Namespace, log_dir: Path
+    name: str,
+    server_args: list[str],
+    texts: list[str],
+    args: argparse.Namespace,
+    log_dir: Path,
+    command: tuple[str, ...] = SERVE,
 ) -> list[dict[str, Any]]:
-    server = ServerProcess(name, command, log_dir)
+    """Start ``command --model M --port P SERVER_ARGS``, load it at each concurrency level, stop it
+    with SIGINT (checked: exit 0, no process left, no traceback in its log)."""
+    server = Server(args.model, log_dir / f"{name}.log", *server_args, command=command, ready_timeout=300)
     rows = []
     try:
-        server.wait_ready()
         asyncio.run(load(server.url, texts, 4, args.warmup))
         for concurrency in args.concurrency:
             requests = max(args.requests, concurrency * 4)
@@ -137,14 +100,9 @@ def run_server_bench(
     return rows
 
 
-def serve_command(args: argparse.Namespace, variant: str, *extra: str) -> list[str]:
+def serve_args(args: argparse.Namespace, variant: str, *extra: str) -> list[str]:
+    """``emotions_pl serve`` flags beside --model and --port."""
     return [
-        sys.executable,
-        "-m",
-        "emotions_pl",
-        "serve",
-        "--model",
-        str(args.model),
         "--variant",
         variant,
         "--max-batch-size",
@@ -183,7 +141,7 @@ def baseline_server(model: str, port: int, threads: int) -> None:
 
 def accuracy(model: str, variants: list[str], data: Path, threads: int) -> dict[str, Any]:
     """Test-split accuracy per variant and the faster variants' loss against fp32, in points."""
-    from emotions_pl.inference import load_predictor
+    from emotions_pl.artifact.predictor import Predictor
 
     rows = read_jsonl(data)
     texts, labels = [r["text"] for r in rows], np.array([int(r["label"]) for r in rows])
@@ -191,7 +149,7 @@ def accuracy(model: str, variants: list[str], data: Path, threads: int) -> dict[
     predictions = {}
     for variant in variants:
         start = time.perf_counter()
-        predictions[variant] = load_predictor(model, variant, threads).predict_proba(texts).argmax(-1)
+        predictions[variant] = Predictor.from_folder(model, variant, threads).predict_proba(texts).argmax(-1)
         out[variant] = {
             "accuracy": round(float((predictions[variant] == labels).mean()), 4),
             "seconds": round(time.perf_counter() - start, 1),
@@ -274,21 +232,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         logs = Path(tmp)
         if not args.no_throughput:
-            baseline = [
-                sys.executable,
-                __file__,
-                "--model",
-                str(args.model),
-                "--threads",
-                str(args.threads),
-                "--baseline-server",
-            ]
-            for name, command in [
-                ("litserve-fp32", serve_command(args, "fp32")),
-                (f"litserve-{args.variant}", serve_command(args, args.variant)),
-                ("baseline-fastapi-pipeline", baseline),
+            baseline = (sys.executable, __file__, "--baseline-server")
+            for name, server_args, command in [
+                ("litserve-fp32", serve_args(args, "fp32"), SERVE),
+                (f"litserve-{args.variant}", serve_args(args, args.variant), SERVE),
+                ("baseline-fastapi-pipeline", ["--threads", str(args.threads)], baseline),
             ]:
-                rows += run_server_bench(name, command, texts, args, logs)
+                rows += run_server_bench(name, server_args, texts, args, logs, command)
             report["results"] = rows
             at16 = {r["server"]: r["rps"] for r in rows if r["concurrency"] == 16}
             if "baseline-fastapi-pipeline" in at16:
@@ -302,7 +252,7 @@ def main() -> int:
             for name, extra in [("log-off", ()), ("log-on", ("--log-dir", str(logs / "predlog")))]:
                 overhead += run_server_bench(
                     f"litserve-{args.variant}-{name}",
-                    serve_command(args, args.variant, *extra),
+                    serve_args(args, args.variant, *extra),
                     texts,
                     sub,
                     logs,

@@ -70,7 +70,7 @@ def peak_rss_mb() -> float:
 
 def datamodule(cfg: dict):
     """The data exactly as (a) sees it: grouped by length, tokenization cached."""
-    from emotions_pl.data import EmotionDataModule
+    from emotions_pl.train.data import EmotionDataModule
 
     return EmotionDataModule(
         source=cfg["folder"],
@@ -89,7 +89,7 @@ def bf16(cfg: dict) -> bool:
 def run_emotions_pl(cfg: dict) -> dict:
     import pytorch_lightning as pl
 
-    from emotions_pl.model import EmotionClassifier
+    from emotions_pl.train.model import EmotionClassifier
 
     pl.seed_everything(HPARAMS["seed"], verbose=False)
     dm = datamodule(cfg)
@@ -193,11 +193,11 @@ def run_bare(cfg: dict) -> dict:
     """Forward+backward+step on pre-collated batches in the grouped order: no data loading at all.
 
     ``bare`` is the HF model as it comes; ``bare_cls_only`` with the [CLS]-only last layer that (a)
-    trains with (``cls_only.py``): the bound for the arithmetic (a) actually does.
+    trains with (``patches/cls_only.py``): the bound for the arithmetic (a) actually does.
     """
     import torch
 
-    from emotions_pl.model import EmotionClassifier
+    from emotions_pl.train.model import EmotionClassifier
 
     torch.manual_seed(HPARAMS["seed"])
     dm = datamodule(cfg)

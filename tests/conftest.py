@@ -1,26 +1,21 @@
 """Session-scoped fixtures shared by data, model, CLI, export, server and pipeline tests.
 
 Everything heavy is built once: the tiny smoke run (a real fit through the CLI) and its checkpoint.
+The server process, free ports and waiting live in ``helpers`` (shared with scripts/bench_serve.py).
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-import psutil
 import pytest
 
 from emotions_pl import sources
+from helpers import REPO
 
-API_KEY_ENV = "LIT_SERVER_API_KEY"
-REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EMOTIONS_SHARED_DATA", REPO.parent / "shared" / "data" / "emotion"))
 
 
@@ -75,6 +70,18 @@ def run_module(
     return proc
 
 
+def run_main(*args: str) -> int:
+    """``python -m emotions_pl ARGS`` in this process, through the real entry point; its exit code.
+
+    Output goes to the test's capsys (or whatever ``sys.stdout``/``sys.stderr`` are at the time).
+    """
+    from emotions_pl.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    return exit_info.value.code
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real fit of the smoke experiment through the CLI entry; returns its run folder."""
@@ -103,65 +110,3 @@ def exported_dir(smoke_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     output = tmp_path_factory.mktemp("export") / "emotions-smoke"
     run_module("export", "--ckpt", str(smoke_ckpt), "--output", str(output), "--int8")
     return output
-
-
-class Server:
-    """``python -m emotions_pl serve`` on a free loopback port; ``stop`` checks that no process is left."""
-
-    def __init__(self, model_dir: Path, log_path: Path, *args: str, env: dict[str, str] | None = None):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        environ = {k: v for k, v in os.environ.items() if k != API_KEY_ENV} | (env or {})
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "emotions_pl",
-                "serve",
-                "--model",
-                str(model_dir),
-                "--port",
-                str(self.port),
-                *args,
-            ],
-            cwd=REPO,
-            env=environ,
-            stdout=log_path.open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, as under a terminal
-        )
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"server exited early:\n{self.log()}"
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    self.family = psutil.Process(self.proc.pid).children(recursive=True)
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        self.proc.kill()
-        raise AssertionError(f"server not healthy after 180 s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
-
-    def stop(self, sig: int = signal.SIGINT) -> None:
-        """SIGINT to the whole group (Ctrl+C in a terminal), SIGTERM to the main process (docker stop)."""
-        if sig == signal.SIGINT:
-            os.killpg(self.proc.pid, sig)
-        else:
-            self.proc.send_signal(sig)
-        try:
-            rc = self.proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            for p in [*self.family, psutil.Process(self.proc.pid)]:
-                p.kill()
-            raise
-        _, alive = psutil.wait_procs(self.family, timeout=15)
-        assert rc == 0, f"server exited with {rc}:\n{self.log()}"
-        assert not alive, f"orphaned processes after {signal.Signals(sig).name}: {alive}"
-        assert "Traceback" not in self.log(), self.log()

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from emotions_pl import sources
-from emotions_pl.data import LABELS, DataValidationError, EmotionDataModule, load_splits
+from emotions_pl.schema import LABELS
+from emotions_pl.tables import DataValidationError, read_split
+from emotions_pl.train.data import EmotionDataModule, load_splits
 
 
 def write_split(folder: Path, split: str, rows: list[dict], fmt: str = "jsonl") -> Path:
@@ -53,6 +55,21 @@ def test_label_names_are_mapped_to_indices(sample_dir: Path, tmp_path: Path) -> 
     folder = copy_sample(sample_dir, tmp_path / "names", "csv", names=True)
     tables = load_splits(str(folder), LABELS)
     assert tables["test"]["label"].tolist() == [r["label"] for r in sample_rows(sample_dir, "test")]
+
+
+def test_read_split_takes_a_file_or_a_folder(sample_dir: Path, tmp_path: Path) -> None:
+    """What evaluate and robustness read: a folder's test split by default, any split, or one file."""
+    folder = copy_sample(sample_dir, tmp_path / "names", "parquet", names=True)
+    expected = sample_rows(sample_dir, "test")
+    texts, labels = read_split(folder, LABELS)
+    assert texts == [r["text"] for r in expected] and labels == [r["label"] for r in expected]
+    texts, labels = read_split(folder, LABELS, split="validation")
+    assert labels == [r["label"] for r in sample_rows(sample_dir, "validation")]
+    assert read_split(sample_dir / "train.jsonl", LABELS)[0] == [
+        r["text"] for r in sample_rows(sample_dir, "train")
+    ]
+    with pytest.raises(DataValidationError, match=r"no 'test' split"):
+        read_split(tmp_path, LABELS)
 
 
 def test_package_source_resolves_to_the_shipped_sample(sample_dir: Path) -> None:

@@ -171,12 +171,6 @@ def test_train_image_command_uses_configs_it_contains() -> None:
     assert (REPO / command[command.index("--config") + 1]).is_file()
 
 
-def test_entrypoint_module_dispatches_serve() -> None:
-    from emotions_pl.__main__ import TOOLS
-
-    assert TOOLS["serve"] == "emotions_pl.serve"
-
-
 # -- .dockerignore ------------------------------------------------------------------------------------
 
 
@@ -227,7 +221,7 @@ def dockerignore_rules() -> list[str]:
         "wandb/offline-run-1/run.wandb",
         ".env",
         "secrets/key.json",
-        "src/emotions_pl/__pycache__/cli.cpython-311.pyc",
+        "src/emotions_pl/train/__pycache__/cli.cpython-311.pyc",
         "src/emotions_pl.egg-info/PKG-INFO",
         "tests/conftest.py",
     ],
@@ -246,7 +240,7 @@ def test_dockerignore_lets_in_everything_the_dockerfiles_copy() -> None:
                     assert not ignored(inside, rules), (
                         f"{dockerfile.name}: {source} is excluded by .dockerignore"
                     )
-    assert not ignored("src/emotions_pl/cli.py", rules)
+    assert not ignored("src/emotions_pl/train/cli.py", rules)
     assert not ignored("configs/experiment/smoke.yaml", rules)
 
 
@@ -450,7 +444,7 @@ def test_vertex_job_runs_the_cloud_build_train_image_with_valid_cli_args() -> No
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = yaml.safe_load(proc.stdout)
     assert printed["trainer"]["default_root_dir"].startswith("/gcs/")
-    assert printed["trainer"]["logger"]["class_path"] == "emotions_pl.tracking.EmotionsWandbLogger"
+    assert printed["trainer"]["logger"]["class_path"] == "emotions_pl.train.tracking.EmotionsWandbLogger"
     assert not any("KEY" in e["name"] or "SECRET" in e["name"] for e in container.get("env", []))
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
-from emotions_pl import drift
-from emotions_pl.data import LABELS
-from emotions_pl.predlog import PredictionLog
+from conftest import REPO, run_main
+from emotions_pl.monitor import drift
+from emotions_pl.schema import LABELS
+from emotions_pl.serve.predlog import PredictionLog
 
 WORDS = {
     "sadness": ["lonely", "miserable", "gloomy", "heartbroken", "low", "hopeless"],
@@ -89,10 +89,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def run_drift(*args: str) -> tuple[int, str, dict | None]:
-    """Run the sub-command in-process (the CLI's own ``main``); return exit code, output and JSON summary."""
+    """``drift ARGS`` in-process through the real entry point; return exit code, output and JSON summary."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = drift.main(list(args))
+        rc = run_main("drift", *args)
     report = Path(args[args.index("--output") + 1]) / "drift.json"
     return rc, out.getvalue() + err.getvalue(), json.loads(report.read_text()) if report.exists() else None
 

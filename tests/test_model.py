@@ -7,9 +7,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from emotions_pl import cls_only
-from emotions_pl.data import LABELS
-from emotions_pl.model import EmotionClassifier, layer_depth
+from emotions_pl.patches import cls_only
+from emotions_pl.schema import LABELS
+from emotions_pl.train.backbone import layer_depth
+from emotions_pl.train.model import EmotionClassifier
 
 TINY = {"model_type": "distilbert", "dim": 32, "hidden_dim": 64, "n_layers": 2, "n_heads": 2}
 
@@ -65,11 +66,20 @@ def test_metrics_on_hand_made_predictions(tiny: EmotionClassifier) -> None:
     tiny.test_metrics.update(logits, target)
     tiny.test_f1_per_class.update(logits, target)
     values = tiny.test_metrics.compute()
+    assert set(values) == {
+        f"test/{k}" for k in ("acc", "f1_macro", "precision_macro", "recall_macro", "f1_weighted")
+    }
     assert values["test/acc"].item() == pytest.approx(4 / 6)
     per_class = tiny.test_f1_per_class.compute().tolist()
     # joy: tp=1 fp=1 fn=0 -> f1=2/3; anger: 0; fear: 0 (fp only, no support); surprise: 0
     assert per_class == pytest.approx([1.0, 2 / 3, 1.0, 0.0, 0.0, 0.0])
     assert values["test/f1_macro"].item() == pytest.approx(sum(per_class) / 6)
+    # precision: sadness 2/2, joy 1/2, love 1/1, the rest 0; recall: sadness, joy, love 1, the rest 0
+    assert values["test/precision_macro"].item() == pytest.approx(2.5 / 6)
+    assert values["test/recall_macro"].item() == pytest.approx(3 / 6)
+    # weighted by support (2, 1, 1, 1, 0, 1 of 6): (2 * 1 + 2/3 + 1) / 6
+    assert values["test/f1_weighted"].item() == pytest.approx((3 + 2 / 3) / 6)
+    assert set(tiny.val_metrics) == {k.replace("test/", "val/") for k in values}
 
 
 def test_no_weight_decay_on_bias_and_layernorm(tiny: EmotionClassifier) -> None:
@@ -94,14 +104,15 @@ def test_no_weight_decay_on_bias_and_layernorm(tiny: EmotionClassifier) -> None:
     assert scheduler.get_last_lr()[0] == pytest.approx(0.0)
 
 
-def test_predict_step_returns_label_score_and_probabilities(tiny: EmotionClassifier, batch) -> None:
+def test_predict_step_returns_text_label_score_and_scores(tiny: EmotionClassifier, batch) -> None:
     rows = tiny.predict_step({**batch, "text": ["a", "b", "c", "d"]}, 0)
     assert [r["text"] for r in rows] == ["a", "b", "c", "d"]
     for row in rows:
-        assert set(row["probabilities"]) == set(LABELS)
-        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
-        assert row["score"] == max(row["probabilities"].values())
-        assert row["probabilities"][row["label"]] == row["score"]
+        assert set(row) == {"text", "label", "score", "scores"}
+        assert list(row["scores"]) == LABELS
+        assert sum(row["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert row["score"] == max(row["scores"].values())
+        assert row["scores"][row["label"]] == row["score"]
 
 
 def test_class_weights_must_match_labels(minilm_dir) -> None:

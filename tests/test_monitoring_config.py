@@ -1,6 +1,6 @@
 """Monitoring configs (docker/monitoring): valid for Prometheus and Grafana, and every metric they query is
-one the server really exports -- checked against serve.py's metric objects, a live server's /metrics, and a
-real Prometheus scraping that server with the shipped config and rules."""
+one the server really exports -- checked against serve/server.py's metric objects, a live server's
+/metrics, and a real Prometheus scraping that server with the shipped config and rules."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import json
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -18,8 +16,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO, Server
-from emotions_pl import drift, serve
+from conftest import REPO, run_main
+from emotions_pl.serve.server import KNOWN_PATHS, metrics
+from helpers import Server, free_port, wait_for
 
 MONITORING = REPO / "docker" / "monitoring"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "emotions.json"
@@ -48,9 +47,9 @@ def expressions() -> dict[str, str]:
 
 
 def exported_sample_names() -> set[str]:
-    """Sample names the server's metric objects produce (serve.metrics() is what /metrics serves)."""
+    """Sample names the server's metric objects produce (server.metrics() is what /metrics serves)."""
     names = set()
-    for metric in vars(serve.metrics()).values():
+    for metric in vars(metrics()).values():
         for family in metric.collect():
             names |= {family.name + suffix for suffix in SAMPLE_SUFFIXES[family.type]}
     return names
@@ -85,7 +84,7 @@ def test_every_queried_metric_is_exported_by_the_server() -> None:
         for _, matchers in SELECTOR.findall(expr):
             for name, value in MATCHER.findall(matchers):
                 if name == "path":
-                    assert value in serve.KNOWN_PATHS, (where, value)
+                    assert value in KNOWN_PATHS, (where, value)
         if "up{" in expr:
             assert f'job="{job}"' in expr, where
     alerts = {rule["alert"] for group in rule_groups() for rule in group["rules"] if "alert" in rule}
@@ -126,12 +125,6 @@ def test_promtool_validates_config_and_alert_unit_tests() -> None:
         assert "SUCCESS" in proc.stdout
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_prometheus(target: str, tmp: Path) -> tuple[subprocess.Popen, str]:
     """The shipped config and rules, with the target pointed at the test server and 1 s intervals."""
     config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
@@ -159,13 +152,6 @@ def ready(url: str) -> bool:
         return httpx.get(f"{url}/-/ready", timeout=2).status_code == 200
     except httpx.TransportError:
         return False
-
-
-def wait_for(condition, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s"
-        time.sleep(0.5)
 
 
 def query(url: str, expr: str) -> list[dict]:
@@ -216,7 +202,8 @@ def test_live_server_metrics_prometheus_and_drift_on_its_logs(
             assert values(prom_url, 'up{job="emotions"}') == [1.0]
             groups = httpx.get(f"{prom_url}/api/v1/rules", timeout=10).json()["data"]["groups"]
             rules = [rule for group in groups for rule in group["rules"]]
-            assert len(rules) == 9
+            shipped = [rule.get("record") or rule["alert"] for g in rule_groups() for rule in g["rules"]]
+            assert sorted(r["name"] for r in rules) == sorted(shipped)  # every shipped rule loaded
             assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
     finally:
         if prometheus is not None:
@@ -226,17 +213,16 @@ def test_live_server_metrics_prometheus_and_drift_on_its_logs(
 
     # The log was flushed on shutdown: one record per predicted text, and drift reads it.
     logs = list((tmp_path / "predlog").glob("predictions-*.jsonl*"))
-    rc = drift.main(
-        [
-            "--reference",
-            str(sample_dir / "train.jsonl"),
-            "--current",
-            str(tmp_path / "predlog"),
-            "--model",
-            str(exported_dir),
-            "--output",
-            str(tmp_path / "drift"),
-        ]
+    rc = run_main(
+        "drift",
+        "--reference",
+        str(sample_dir / "train.jsonl"),
+        "--current",
+        str(tmp_path / "predlog"),
+        "--model",
+        str(exported_dir),
+        "--output",
+        str(tmp_path / "drift"),
     )
     summary = json.loads((tmp_path / "drift" / "drift.json").read_text())
     assert logs and summary["current"]["kind"] == "log" and summary["current"]["rows"] == len(texts)

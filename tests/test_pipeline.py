@@ -25,11 +25,17 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+from torchmetrics.functional.classification import (
+    multiclass_accuracy,
+    multiclass_f1_score,
+    multiclass_precision,
+    multiclass_recall,
+)
 
-from conftest import REPO
-from emotions_pl import evaluate, materialize
-from emotions_pl.data import LABELS
+from conftest import REPO, run_main
+from emotions_pl import metrics as metrics_module
+from emotions_pl.schema import LABELS
+from helpers import free_port
 
 STAGES = ("data", "train", "evaluate", "export")
 # params.yaml values of the tiny variant; every key must already exist in the committed params.yaml.
@@ -94,7 +100,7 @@ def out_hashes(repo: Path) -> dict[str, str]:
 def test_data_command_writes_validated_splits_and_report(sample_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "data" / "emotion"
     argv = ["--source", str(sample_dir), "--output", str(out), "--report", str(tmp_path / "r.json")]
-    assert materialize.main(argv) == 0
+    assert run_main("data", *argv) == 0
     first = {f.name: f.read_bytes() for f in out.iterdir()}
     assert sorted(first) == ["test.jsonl", "train.jsonl", "validation.jsonl"]
     report = json.loads((tmp_path / "r.json").read_text())
@@ -103,7 +109,7 @@ def test_data_command_writes_validated_splits_and_report(sample_dir: Path, tmp_p
     assert report["overlap"] == {"validation_in_train": 0, "test_in_train": 0}
     assert "train 48, validation 24, test 24" in capsys.readouterr().out
     # a second run replaces the folder with the same bytes: DVC sees the same hash
-    assert materialize.main(["--source", str(sample_dir), "--output", str(out)]) == 0
+    assert run_main("data", "--source", str(sample_dir), "--output", str(out)) == 0
     assert {f.name: f.read_bytes() for f in out.iterdir()} == first
     assert [p.name for p in out.parent.iterdir()] == ["emotion"]  # no temporary folders left behind
 
@@ -114,53 +120,84 @@ def test_data_command_names_the_bad_row_and_writes_nothing(sample_dir: Path, tmp
     lines = (source / "validation.jsonl").read_text().splitlines()
     lines[2] = json.dumps({"text": "so happy", "label": 9})
     (source / "validation.jsonl").write_text("\n".join(lines) + "\n")
-    assert materialize.main(["--source", str(source), "--output", str(tmp_path / "out")]) == 2
+    assert run_main("data", "--source", str(source), "--output", str(tmp_path / "out")) == 2
     err = capsys.readouterr().err
     assert "validation.jsonl" in err and "row 3" in err and "label 9" in err
     assert not (tmp_path / "out").exists()
-    assert materialize.main(["--source", str(source), "--output", str(source)]) == 2
+    assert run_main("data", "--source", str(source), "--output", str(source)) == 2
+    assert "is the source folder itself" in capsys.readouterr().err
 
 
-def test_classification_report_matches_torchmetrics() -> None:
+def test_report_matches_torchmetrics() -> None:
     generator = torch.Generator().manual_seed(0)
     y_true = torch.randint(0, 6, (300,), generator=generator)
     logits = torch.randn(300, 6, generator=generator)
     logits[:, 5] -= 3  # a class that is rarely predicted
     probs = logits.softmax(-1)
-    metrics, table, cm = evaluate.classification_report(y_true.numpy(), probs.double().numpy(), LABELS)
+    report = metrics_module.report(probs.double().numpy(), y_true.numpy(), LABELS)
+    metrics, table, cm = report["metrics"], report["per_class"], report["confusion"]
     f1 = multiclass_f1_score(probs, y_true, 6, average=None)
     assert metrics["test/acc"] == pytest.approx(
         float(multiclass_accuracy(probs, y_true, 6, average="micro")), abs=1e-6
     )
     assert metrics["test/f1_macro"] == pytest.approx(float(f1.mean()), abs=1e-6)
-    assert table["f1"].tolist() == pytest.approx(f1.tolist(), abs=1e-6)
-    assert cm.sum() == 300 and cm.sum(1).tolist() == table["support"].tolist()
+    assert metrics["test/f1_weighted"] == pytest.approx(
+        float((f1 * torch.bincount(y_true, minlength=6)).sum() / 300), abs=1e-6
+    )
+    assert table["label"] == LABELS
+    assert table["f1"] == pytest.approx(f1.tolist(), abs=1e-6)
+    assert [metrics[f"test/f1/{name}"] for name in LABELS] == pytest.approx(f1.tolist(), abs=1e-6)
+    precision = multiclass_precision(probs, y_true, 6, average=None)
+    assert table["precision"] == pytest.approx(precision.tolist(), abs=1e-6)
+    assert metrics["test/precision_macro"] == pytest.approx(float(precision.mean()), abs=1e-6)
+    recall = multiclass_recall(probs, y_true, 6, average=None)
+    assert table["recall"] == pytest.approx(recall.tolist(), abs=1e-6)
+    assert metrics["test/recall_macro"] == pytest.approx(float(recall.mean()), abs=1e-6)
+    assert cm.sum() == 300 and cm.sum(1).tolist() == table["support"]
+    assert cm.flatten().tolist() == torch.bincount(y_true * 6 + probs.argmax(1), minlength=36).tolist()
     assert metrics["test/loss"] == pytest.approx(
         float(torch.nn.functional.nll_loss(probs.log(), y_true)), abs=1e-6
     )
+    # the same numbers whatever the prefix, and scores() on label indices agrees on accuracy
+    assert (
+        metrics_module.report(probs, y_true, LABELS, prefix="val/")["metrics"]["val/acc"]
+        == metrics["test/acc"]
+    )
+    scores = metrics_module.scores(probs.argmax(1), y_true, 6)
+    assert set(scores) == {"acc", "f1_macro", "precision_macro", "recall_macro", "f1_weighted"}
+    assert scores["acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert scores["f1_macro"] == pytest.approx(metrics["test/f1_macro"], abs=1e-6)
 
 
-def evaluate_args(ckpt: Path, data: Path, out: Path, logs: Path) -> list[str]:
-    return ["--ckpt", str(ckpt), "--data", str(data), "--output", str(out), "--logs", str(logs)]
+def evaluate_args(ckpt: Path, data: Path, out: Path) -> list[str]:
+    return ["evaluate", "--ckpt", str(ckpt), "--data", str(data), "--output", str(out)]
 
 
 def test_evaluate_command_on_a_real_checkpoint(
     smoke_run: Path, smoke_ckpt: Path, sample_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "reports"
-    args = evaluate_args(smoke_ckpt, sample_dir, out, smoke_run / "logs")
-    assert evaluate.main(args) == 0
+    assert run_main(*evaluate_args(smoke_ckpt, sample_dir, out)) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) >= {"test/acc", "test/f1_macro", "test/loss", *(f"test/f1/{x}" for x in LABELS)}
+    names = ("acc", "f1_macro", "precision_macro", "recall_macro", "f1_weighted", "loss")
+    assert set(metrics) == {*(f"test/{n}" for n in names), *(f"test/f1/{x}" for x in LABELS)}
     predictions = pd.read_csv(out / "predictions.csv")
     assert len(predictions) == 24 and set(predictions["predicted"]) <= set(LABELS)
     assert (predictions["actual"] == predictions["predicted"]).mean() == pytest.approx(
         metrics["test/acc"], abs=1e-6
     )
+    per_class = pd.read_csv(out / "per_class.csv")
+    assert per_class["label"].tolist() == LABELS and per_class["support"].sum() == 24
+    assert per_class["f1"].tolist() == pytest.approx([metrics[f"test/f1/{x}"] for x in LABELS], abs=1e-5)
     assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    # the curves are the run summary's, in the columns dvc.yaml plots
+    run = json.loads((smoke_run / "run.json").read_text())
     val = pd.read_csv(out / "curves" / "val.csv")
-    assert val["epoch"].tolist() == list(range(len(val))) and val["val_f1_macro"].between(0, 1).all()
-    assert len(pd.read_csv(out / "curves" / "train.csv")) > len(val)
+    assert list(val.columns) == ["epoch", "step", "val_loss", "val_acc", "val_f1_macro"]
+    assert val["epoch"].tolist() == [e["epoch"] for e in run["epochs"]] == list(range(len(val)))
+    assert val["val_f1_macro"].tolist() == pytest.approx([e["val/f1_macro"] for e in run["epochs"]])
+    train = pd.read_csv(out / "curves" / "train.csv")
+    assert list(train.columns) == ["step", "train_loss"] and len(train) == len(run["train_loss"]) > len(val)
     assert sorted(p.name for p in out.iterdir()) == [
         "confusion_matrix.png",
         "curves",
@@ -176,17 +213,15 @@ def test_evaluate_command_reports_bad_inputs(
     smoke_ckpt: Path, sample_dir: Path, tmp_path: Path, capsys
 ) -> None:
     out = tmp_path / "reports"
-    assert (
-        evaluate.main(
-            ["--ckpt", str(tmp_path / "nope.ckpt"), "--data", str(sample_dir), "--output", str(out)]
-        )
-        == 2
-    )
+    assert run_main(*evaluate_args(tmp_path / "nope.ckpt", sample_dir, out)) == 2
     assert "nope.ckpt" in capsys.readouterr().err
-    args = evaluate_args(smoke_ckpt, sample_dir, out, tmp_path)
-    assert evaluate.main(args) == 2
-    assert "metrics.csv" in capsys.readouterr().err
-    assert evaluate.main(["--ckpt", str(smoke_ckpt), "--data", str(tmp_path), "--output", str(out)]) == 2
+    alone = tmp_path / "alone" / "last.ckpt"  # a checkpoint without its run folder: no curves to write
+    alone.parent.mkdir()
+    shutil.copy(smoke_ckpt, alone)
+    assert run_main(*evaluate_args(alone, sample_dir, out)) == 2
+    err = capsys.readouterr().err
+    assert str(alone) in err and "no run.json" in err
+    assert run_main(*evaluate_args(smoke_ckpt, tmp_path, out)) == 2
     assert "'test' split" in capsys.readouterr().err
     assert not out.exists()
 
@@ -256,11 +291,13 @@ def test_repro_writes_every_output(repo: Path, env: dict[str, str]) -> None:
     assert (repo / "reports" / "per_class.md").read_text().count("\n") == 8
     assert (repo / "reports" / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # curves come from the run's CSV log; best.ckpt is the epoch with the best validation F1
+    # curves come from the run summary; best.ckpt is the epoch with the best validation F1
     train = pd.read_csv(repo / "reports" / "curves" / "train.csv")
     val = pd.read_csv(repo / "reports" / "curves" / "val.csv")
-    assert list(train.columns) == ["step", "epoch", "train_loss"] and train["step"].is_monotonic_increasing
+    assert list(train.columns) == ["step", "train_loss"] and train["step"].is_monotonic_increasing
     assert val["epoch"].tolist() == [0, 1]
+    run = json.loads((repo / "runs" / "pipeline" / "run.json").read_text())
+    assert val["val_f1_macro"].tolist() == pytest.approx([e["val/f1_macro"] for e in run["epochs"]])
     ckpt = torch.load(repo / "runs" / "pipeline" / "best.ckpt", map_location="cpu", weights_only=True)
     state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint"))
     assert float(state["best_model_score"]) == pytest.approx(val["val_f1_macro"].max())
@@ -307,12 +344,6 @@ def test_learning_rate_change_reruns_train_and_after(repo: Path, env: dict[str, 
     assert {k: v["new"] for k, v in metrics_diff["reports/metrics.json"].items()} == new
     experiments = json.loads(dvc("exp", "show", "--json", cwd=repo, env=env))
     assert "0.002" in json.dumps(experiments)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_module
-from emotions_pl import perturb, robustness
-from emotions_pl.inference import VARIANT_FILES, load_predictor
+from conftest import run_main, run_module
+from emotions_pl.artifact.predictor import VARIANT_FILES, Predictor
+from emotions_pl.monitor import perturb
 
 TEXTS = [
     "i feel so happy about the trip tomorrow",
@@ -82,7 +82,6 @@ def test_word_dropout_keeps_an_ordered_subset() -> None:
 )
 def test_negation(text: str, negated: str) -> None:
     assert perturb.negation(text, random.Random(0)) == negated
-    assert "negation" in perturb.LABEL_CHANGING
 
 
 def test_cli_table_json_and_clean_accuracy_match_the_predictor(
@@ -108,22 +107,21 @@ def test_cli_table_json_and_clean_accuracy_match_the_predictor(
     # Clean accuracy in the report is the accuracy of the predictor itself on the same rows.
     rows = [json.loads(line) for line in data.read_text().splitlines()]
     for variant in variants:
-        predictor = load_predictor(str(exported_dir), variant=variant)
+        predictor = Predictor.from_folder(exported_dir, variant=variant)
         predicted = [p["label"] for p in predictor.predict([r["text"] for r in rows])]
         direct = np.mean([p == predictor.labels[r["label"]] for p, r in zip(predicted, rows, strict=True)])
         assert report["variants"][variant]["rows"][0]["accuracy"] == pytest.approx(direct)
     # Seeded: the same run again gives the same numbers.
-    again = robustness.main(
-        [
-            "--model",
-            str(exported_dir),
-            "--data",
-            str(data),
-            "--variants",
-            "fp32",
-            "--output",
-            str(tmp_path / "again"),
-        ]
+    again = run_main(
+        "robustness",
+        "--model",
+        str(exported_dir),
+        "--data",
+        str(data),
+        "--variants",
+        "fp32",
+        "--output",
+        str(tmp_path / "again"),
     )
     assert again == 0
     rerun = json.loads((tmp_path / "again" / "robustness.json").read_text())
@@ -131,15 +129,15 @@ def test_cli_table_json_and_clean_accuracy_match_the_predictor(
 
 
 def test_limit_and_errors(exported_dir: Path, sample_dir: Path, tmp_path: Path, capsys) -> None:
-    args = ["--model", str(exported_dir), "--variants", "fp32", "--output", str(tmp_path)]
-    rc = robustness.main([*args, "--data", str(sample_dir), "--limit", "10", "--perturbations", "typos"])
+    args = ["robustness", "--model", str(exported_dir), "--variants", "fp32", "--output", str(tmp_path)]
+    rc = run_main(*args, "--data", str(sample_dir), "--limit", "10", "--perturbations", "typos")
     assert rc == 0
     report = json.loads((tmp_path / "robustness.json").read_text())
     assert report["rows"] == 10 and report["data"] == str(sample_dir)
     assert [r["perturbation"] for r in report["variants"]["fp32"]["rows"]] == ["clean", "typos"]
-    assert robustness.main([*args, "--data", str(sample_dir), "--perturbations", "typos,shout"]) == 2
+    assert run_main(*args, "--data", str(sample_dir), "--perturbations", "typos,shout") == 2
     assert "unknown ['shout']" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "i feel fine", "label": 9}\n')
-    assert robustness.main([*args, "--data", str(bad)]) == 2
+    assert run_main(*args, "--data", str(bad)) == 2
     assert f"{bad}: 1 bad row(s): row 1: label 9 is outside 0..5" in capsys.readouterr().err

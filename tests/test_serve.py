@@ -17,11 +17,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Server
-from emotions_pl import serve
-from emotions_pl.client import EmotionClient, EmotionServiceError
-from emotions_pl.data import LABELS
-from emotions_pl.inference import load_predictor
+from emotions_pl.artifact.predictor import Predictor
+from emotions_pl.schema import LABELS
+from emotions_pl.serve import options
+from emotions_pl.serve.client import EmotionClient, EmotionServiceError
+from emotions_pl.serve.server import build_server
+from helpers import Server
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +58,7 @@ def server(exported_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 @pytest.fixture(scope="module")
 def expected(exported_dir: Path) -> dict[str, dict]:
-    predictor = load_predictor(str(exported_dir))
+    predictor = Predictor.from_folder(exported_dir)
     texts = TEXTS + [f"{t} number {i}" for i, t in enumerate(TEXTS * 30)]
     return dict(zip(texts, predictor.predict(texts), strict=True))
 
@@ -87,16 +88,16 @@ BAD_INPUT = {
     "whitespace item": ({"json": {"texts": ["fine", "   "]}}, 422, "empty or only whitespace"),
     "empty list": ({"json": {"texts": []}}, 422, "at least 1"),
     "text too long": (
-        {"json": {"text": "a" * (serve.MAX_TEXT_CHARS + 1)}},
+        {"json": {"text": "a" * (options.MAX_TEXT_CHARS + 1)}},
         422,
-        f"the limit is {serve.MAX_TEXT_CHARS}",
+        f"the limit is {options.MAX_TEXT_CHARS}",
     ),
     "too many texts": (
-        {"json": {"texts": ["hi"] * (serve.MAX_TEXTS + 1)}},
+        {"json": {"texts": ["hi"] * (options.MAX_TEXTS + 1)}},
         422,
-        f"at most {serve.MAX_TEXTS}",
+        f"at most {options.MAX_TEXTS}",
     ),
-    "body too large": ({"json": {"texts": ["a" * 1500] * 800}}, 413, f"limit is {serve.MAX_BODY_BYTES}"),
+    "body too large": ({"json": {"texts": ["a" * 1500] * 800}}, 413, f"limit is {options.MAX_BODY_BYTES}"),
     "no content type": ({"content": b'{"text": "i feel fine"}'}, 415, "none was sent"),
     "text/plain": (
         {"content": b'{"text": "hi"}', "headers": {"Content-Type": "text/plain"}},
@@ -167,9 +168,9 @@ def test_health_info_and_metrics(server: Server, exported_dir: Path) -> None:
     assert info["metrics"] == export_info["metrics"] and "val/f1_macro" in info["metrics"]["validation"]
     assert info["export"]["source_checkpoint"]["sha256"] == export_info["source_checkpoint"]["sha256"]
     assert info["limits"] == {
-        "max_text_chars": serve.MAX_TEXT_CHARS,
-        "max_texts": serve.MAX_TEXTS,
-        "max_body_bytes": serve.MAX_BODY_BYTES,
+        "max_text_chars": options.MAX_TEXT_CHARS,
+        "max_texts": options.MAX_TEXTS,
+        "max_body_bytes": options.MAX_BODY_BYTES,
     }
 
     before = _metrics(server.url)
@@ -207,7 +208,7 @@ def test_python_client_and_no_key_needed(server: Server, expected: dict) -> None
     client = EmotionClient(server.url, api_key=None)
     assert client.health()
     assert _same(client.predict(TEXTS[1]), expected[TEXTS[1]])
-    texts = list(expected)[: serve.MAX_TEXTS + 10]  # more than one request's worth: the client splits them
+    texts = list(expected)[: options.MAX_TEXTS + 10]  # more than one request's worth: the client splits them
     assert all(_same(got, expected[t]) for got, t in zip(client.predict_many(texts), texts, strict=True))
     with pytest.raises(EmotionServiceError, match=r"422.*empty or only whitespace"):
         client.predict("   ")
@@ -216,7 +217,7 @@ def test_python_client_and_no_key_needed(server: Server, expected: dict) -> None
 def test_api_key_onnx_variant_and_sigterm(exported_dir: Path, tmp_path: Path) -> None:
     """A second server: key required (but /health open), the ONNX variant, stopped with SIGTERM."""
     srv = Server(
-        exported_dir, tmp_path / "server.log", "--variant", "onnx", env={serve.API_KEY_ENV: "s3cret"}
+        exported_dir, tmp_path / "server.log", "--variant", "onnx", env={options.API_KEY_ENV: "s3cret"}
     )
     try:
         url = f"{srv.url}/predict"
@@ -232,7 +233,7 @@ def test_api_key_onnx_variant_and_sigterm(exported_dir: Path, tmp_path: Path) ->
         assert httpx.get(f"{srv.url}/info", timeout=30).status_code == 401
         assert httpx.get(f"{srv.url}/health", timeout=30).status_code == 200
         got = httpx.post(url, json={"texts": TEXTS}, headers={"X-API-Key": "s3cret"}, timeout=30).json()
-        want = load_predictor(str(exported_dir), "onnx").predict(TEXTS)
+        want = Predictor.from_folder(exported_dir, "onnx").predict(TEXTS)
         assert all(_same(g, w) for g, w in zip(got, want, strict=True))
         assert EmotionClient(srv.url, api_key="s3cret").info()["model"]["variant"] == "onnx"
     except BaseException:
@@ -246,10 +247,11 @@ def test_worker_monitor_stops_before_the_manager_it_polls(
 ) -> None:
     """LitServe's monitor thread, polling every 1 ms, must not call into the manager after shutdown.
 
-    Without ``_LitServer``'s swap it crashes with ConnectionResetError/EOFError once the manager is
-    gone: the traceback that showed up after an occasional Ctrl+C.
+    Without ``patches.litserve.LitServer``'s swap it crashes with ConnectionResetError/EOFError once the
+    manager is gone: the traceback that showed up after an occasional Ctrl+C. It drives LitServe's own
+    (private) shutdown and monitor, the names the patch relies on: a LitServe that renames them fails here.
     """
-    server = serve.build_server(serve._parser().parse_args(["--model", str(exported_dir)]))
+    server = build_server(options.build_parser().parse_args(["--model", str(exported_dir)]))
     manager = mp.Manager()
     server._shutdown_event = manager.Event()
     server._transport = SimpleNamespace(close=lambda send_sentinel: None)

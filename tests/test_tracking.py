@@ -6,16 +6,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from conftest import REPO, run_module
-from emotions_pl.data import LABELS
-from emotions_pl.tracking import EmotionsWandbLogger, render_confusion_matrix, resolve_mode, save_figure
+from emotions_pl.plots import confusion_figure, png_bytes
+from emotions_pl.schema import LABELS
+from emotions_pl.train.tracking import EmotionsWandbLogger, resolve_mode
 
 SWEEP = REPO / "configs" / "sweep.yaml"
 SMOKE = "configs/experiment/smoke.yaml"
@@ -56,25 +59,36 @@ def test_resolve_mode_rejects_unknown_modes() -> None:
         resolve_mode(None, {"WANDB_MODE": "sometimes"})
 
 
-def test_logger_without_key_is_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_logger_without_key_is_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wandb_env: dict[str, str]
+) -> None:
+    """No key and no WANDB_MODE: the run is written offline under save_dir, for `wandb sync` later."""
+    for name, value in wandb_env.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     logger = EmotionsWandbLogger(save_dir=str(tmp_path / "run"), project="p")
     assert logger.mode == "offline"
-    assert logger._wandb_init["mode"] == "offline"
     assert logger.save_dir == str(tmp_path / "run")
     assert (tmp_path / "run").is_dir()
+    run = logger.experiment
+    try:
+        assert run.offline
+        assert Path(run.dir).is_relative_to(tmp_path / "run" / "wandb")
+    finally:
+        run.finish()
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
 
 
-def test_confusion_matrix_image(tmp_path: Path) -> None:
-    import torch
-
-    counts = torch.tensor([[5, 1], [0, 4]])
-    figure = render_confusion_matrix(counts, ["joy", "fear"], "val")
-    save_figure(figure, tmp_path / "cm.png")
-    assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_confusion_matrix_image() -> None:
+    counts = np.array([[5, 1], [0, 4]])
+    figure = confusion_figure(counts, ["joy", "fear"], "val")
     assert figure.axes[0].get_title() == "val · accuracy 0.900"
     assert [t.get_text() for t in figure.axes[0].texts] == ["5", "1", "0", "4"]
+    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["joy", "fear"]
+    png = png_bytes(figure)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png_bytes(confusion_figure(counts, ["joy", "fear"], "val")) == png  # no timestamp: same bytes
 
 
 def trial_argv(spec: dict, values: dict) -> list[str]:
@@ -144,7 +158,7 @@ def test_sweep_trial_runs_offline(tmp_path: Path, wandb_env: dict[str, str], sam
     assert config["model"]["weight_decay"] == values["model.weight_decay"]
     assert config["model"]["warmup_ratio"] == values["model.warmup_ratio"]
     assert config["data"]["batch_size"] == values["data.batch_size"]
-    assert config["trainer"]["logger"]["class_path"] == "emotions_pl.tracking.EmotionsWandbLogger"
+    assert config["trainer"]["logger"]["class_path"] == "emotions_pl.train.tracking.EmotionsWandbLogger"
 
     (offline,) = (run / "wandb").glob(f"offline-run-*-{run_id}")
     assert (offline / f"run-{run_id}.wandb").stat().st_size > 0
@@ -165,19 +179,23 @@ def test_tensorboard_logger_and_test_confusion_matrix(
 ) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    ckpt = (
+        tmp_path / "last.ckpt"
+    )  # a copy: `test` records its metrics in the run.json of its checkpoint's run
+    shutil.copy(smoke_ckpt, ckpt)
     run_module(
         "test",
         "--config",
         SMOKE,
         "--trainer.logger",
         "configs/logger/tensorboard.yaml",
-        "--trainer.callbacks+=emotions_pl.tracking.ConfusionMatrixLogger",
+        "--trainer.callbacks+=emotions_pl.train.tracking.ConfusionMatrixLogger",
         "--trainer.default_root_dir",
         str(tmp_path),
         "--trainer.enable_progress_bar",
         "false",
         "--ckpt_path",
-        str(smoke_ckpt),
+        str(ckpt),
     )
     (events,) = (tmp_path / "logs" / "version_0").glob("events.out.tfevents.*")
     accumulator = EventAccumulator(str(events), size_guidance={"images": 0})

@@ -104,6 +104,8 @@ def validate_split(frame: pd.DataFrame, where: str, label_names: Sequence[str], 
 
 def read_split(path: Path, label_names: Sequence[str], split: str = "test") -> tuple[list[str], list[int]]:
     """Texts and label indices of a split file, or of a data folder's ``split`` file."""
+    if not path.exists():
+        raise DataValidationError(f"{path}: no such data file or folder.")
     if path.is_dir():
         path = find_split_file(path, split)
     frame, offset = read_table(path)

@@ -61,7 +61,10 @@ def load(path: Path, device: str = "cpu") -> FitCheckpoint:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: not a checkpoint that loads with weights_only=True ({e}).") from e
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint, or one holding more than tensors and plain values "
+            f"(it is loaded with weights_only=True; {type(e).__name__})."
+        ) from e
     data = _public(ckpt.get("datamodule_hyper_parameters"))
     hparams = _public(ckpt.get("hyper_parameters"))
     missing = [k for k in ("tokenizer_name", "max_length") if k not in data]

@@ -55,6 +55,8 @@ def evaluate(
     from emotions_pl.artifact import checkpoint
     from emotions_pl.tables import read_split
 
+    if not data.exists():  # before the slow part
+        raise UserError(f"--data {data}: no such data file or folder.")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     fit = checkpoint.load(ckpt, device)
     if not fit.run:

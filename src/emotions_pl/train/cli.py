@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
-from jsonargparse import Namespace
+from jsonargparse import DefaultHelpFormatter, Namespace
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from emotions_pl.commands import COMMANDS, PROG
@@ -50,6 +51,10 @@ def fill_run_paths(config: Namespace) -> None:
                 init_args[key] = str(root / sub)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help, with the description and the example kept as written (like the tools')."""
+
+
 class EmotionsArgumentParser(LightningArgumentParser):
     """A bad flag or config value is one ``error:`` line naming it (exit 2), not a usage screen."""
 
@@ -58,7 +63,7 @@ class EmotionsArgumentParser(LightningArgumentParser):
             super().error(message, ex)
         lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
         sys.stderr.write(f"error: {' '.join(lines[:2])}\n")
-        sys.stderr.write(f"(see {self.prog} --help)\n")
+        sys.stderr.write(f"(see {self.prog.replace(' [options]', '')} --help)\n")
         sys.exit(2)
 
 
@@ -105,11 +110,12 @@ def parser_kwargs() -> dict[str, Any]:
         c.name: {
             "description": c.summary[0].upper() + c.summary[1:] + ".",
             "epilog": f"example:\n  {c.example}",
+            "formatter_class": HelpFormatter,
         }
         for c in COMMANDS
         if c.module is None
     }
-    return {"parser_mode": "omegaconf", "prog": PROG, **per_command}
+    return {"parser_mode": "omegaconf", "prog": PROG, "formatter_class": HelpFormatter, **per_command}
 
 
 def run_cli(cli_class: type[EmotionsCLI] = EmotionsCLI) -> EmotionsCLI:

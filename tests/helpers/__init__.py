@@ -1,0 +1,123 @@
+"""Process helpers shared by the tests and ``scripts/bench_serve.py``: a free port, waiting for a
+condition, and a server process that must start, answer /health and stop cleanly.
+
+Imported as ``from helpers import ...`` (``tests/`` is on ``sys.path``: pytest puts it there for
+``conftest.py``, the benchmark script adds it itself). Needs httpx and psutil, not pytest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import httpx
+import psutil
+
+REPO = Path(__file__).resolve().parents[2]
+API_KEY_ENV = "LIT_SERVER_API_KEY"
+SERVE = (sys.executable, "-m", "emotions_pl", "serve")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 60, interval: float = 0.5) -> None:
+    """Poll ``condition`` until it returns something true; AssertionError after ``timeout`` seconds.
+
+    An exception raised by ``condition`` (an assertion that the process is still alive) stops the wait.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s"
+        time.sleep(interval)
+
+
+class Server:
+    """``python -m emotions_pl serve --model DIR --port P ARGS`` on a free loopback port, in its own
+    session (a process group, as under a terminal); returns once /health answers 200.
+
+    ``env`` is added to the environment (from which the API key variable is removed first);
+    ``command`` replaces ``python -m emotions_pl serve`` for another server that takes ``--model`` and
+    ``--port`` (the benchmark's baseline). ``stop`` checks exit code 0, that no process of the server
+    is left, and that its log holds no traceback.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path | str,
+        log_path: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        command: Sequence[str] = SERVE,
+        ready_timeout: float = 180,
+    ):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        environ = {k: v for k, v in os.environ.items() if k != API_KEY_ENV} | (env or {})
+        with log_path.open("w") as log:
+            self.proc = subprocess.Popen(
+                [*command, "--model", str(model_dir), "--port", str(self.port), *args],
+                cwd=REPO,
+                env=environ,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.family: list[psutil.Process] = []
+        try:
+            wait_for(self._healthy, ready_timeout, interval=0.25)
+        except AssertionError as error:
+            self._kill_group()
+            raise AssertionError(f"server not healthy: {error}\n{self.log()}") from None
+        self.family = psutil.Process(self.proc.pid).children(recursive=True)
+
+    def _healthy(self) -> bool:
+        assert self.proc.poll() is None, f"it exited early with {self.proc.returncode}"
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def _kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for p in self.family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        self.proc.wait(timeout=30)
+
+    def stop(self, sig: int = signal.SIGINT) -> None:
+        """SIGINT to the whole group (Ctrl+C in a terminal), SIGTERM to the main process (docker stop).
+
+        Whatever is still running after a failed check is killed, so a failure leaves no process behind.
+        """
+        if sig == signal.SIGINT:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            self._kill_group()
+            raise
+        _, alive = psutil.wait_procs(self.family, timeout=15)
+        if alive:
+            self._kill_group()
+        assert rc == 0, f"server exited with {rc}:\n{self.log()}"
+        assert not alive, f"orphaned processes after {signal.Signals(sig).name}: {alive}"
+        assert "Traceback" not in self.log(), self.log()
