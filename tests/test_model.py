@@ -201,7 +201,7 @@ def test_cls_only_last_layer_keeps_logits_and_gradients(
     fast = EmotionClassifier(str(minilm_dir), random_init_config=arch)
     fast.load_state_dict(full.state_dict())
     for m in (full, fast):
-        m.model.config._attn_implementation = attn
+        m.model.set_attn_implementation(attn)
         m.configure_model()  # where a Trainer applies it
         m.train(mode == "train")
     layer = getattr(fast.model.base_model, "encoder" if arch is TINY_BERT else "transformer").layer[-1]

@@ -38,15 +38,21 @@ from emotions_pl.schema import LABELS
 from helpers import free_port
 
 STAGES = ("data", "train", "evaluate", "export")
-# params.yaml values of the tiny variant; every key must already exist in the committed params.yaml.
+# The tiny variant. The recipe is the committed experiment's config files (the params `train` tracks in
+# dvc.yaml): the copy swaps in the smoke run's random-init model and sets a few values in the others.
+# Every key set must already exist in its file.
+EXPERIMENT = "configs/experiment/offline.yaml"
+MODEL_PARAMS = "configs/model/minilm.yaml"  # replaced by configs/model/tiny.yaml in the copy
+TINY_LR = 5e-3  # tiny.yaml's learning rate
 TINY = {
-    "dataset.source": "src/emotions_pl/sample",
-    "experiment": "configs/experiment/smoke.yaml",
-    "train.model.learning_rate": 5e-3,
-    "train.data.batch_size": 8,
-    "train.trainer.max_epochs": 2,
-    "export.onnx": False,
-    "export.int8": False,
+    "params.yaml": {"dataset.source": "src/emotions_pl/sample", "export.onnx": False, "export.int8": False},
+    "configs/trainer/default.yaml": {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": 2,
+        "log_every_n_steps": 1,
+    },
+    "configs/data/emotion_local.yaml": {"batch_size": 8},
 }
 BUCKET = "emotions-pl-dvc"  # the bucket of the committed gs:// remote
 
@@ -72,7 +78,7 @@ def set_params(path: Path, values: dict[str, object]) -> None:
         node = params
         for key in parents:
             node = node[key]
-        assert leaf in node, f"params.yaml has no {dotted!r}; update TINY in this test"
+        assert leaf in node, f"{path.name} has no {dotted!r}; update TINY in this test"
         node[leaf] = value
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -251,7 +257,17 @@ def repo(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Path:
             shutil.copy2(REPO / name, repo / name)
     assert (repo / ".dvc" / "config").is_file() and (repo / "dvc.yaml").is_file()
     env["PYTHONPATH"] = str(repo / "src")
-    set_params(repo / "params.yaml", TINY)
+    # the tiny switch edits exactly the files the experiment composes and `train` tracks as params
+    assert yaml.safe_load((repo / "params.yaml").read_text())["experiment"] == EXPERIMENT
+    composed = {
+        f"configs/{v.removeprefix('../')}" for v in yaml.safe_load((repo / EXPERIMENT).read_text()).values()
+    }
+    stage = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["train"]
+    tracked = {next(iter(p)) for p in stage["params"] if isinstance(p, dict)}
+    assert composed == tracked == {MODEL_PARAMS, *TINY} - {"params.yaml"}, (composed, tracked)
+    shutil.copy(repo / "configs" / "model" / "tiny.yaml", repo / MODEL_PARAMS)
+    for name, values in TINY.items():
+        set_params(repo / name, values)
     git("init", "-q", cwd=repo, env=env)
     git("add", "-A", cwd=repo, env=env)
     git("commit", "-qm", "tiny variant", cwd=repo, env=env)
@@ -302,7 +318,8 @@ def test_repro_writes_every_output(repo: Path, env: dict[str, str]) -> None:
     state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint"))
     assert float(state["best_model_score"]) == pytest.approx(val["val_f1_macro"].max())
     assert ckpt["epoch"] == val.loc[val["val_f1_macro"].idxmax(), "epoch"]
-    assert ckpt["hyper_parameters"]["learning_rate"] == TINY["train.model.learning_rate"]
+    assert ckpt["hyper_parameters"]["learning_rate"] == TINY_LR
+    assert ckpt["hyper_parameters"]["random_init_config"]["model_type"] == "distilbert"  # the tiny model
     info = json.loads((repo / "models" / "emotions" / "export_info.json").read_text())
     assert info["labels"] == LABELS
 
@@ -321,24 +338,24 @@ def test_repro_writes_every_output(repo: Path, env: dict[str, str]) -> None:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_learning_rate_change_reruns_train_and_after(repo: Path, env: dict[str, str]) -> None:
-    params = repo / "params.yaml"
+    params = repo / MODEL_PARAMS
     original = params.read_text()
-    set_params(params, {"train.model.learning_rate": 2e-3})
+    set_params(params, {"learning_rate": 2e-3})
     status = json.loads(dvc("status", "--json", cwd=repo, env=env))
     assert set(status) == {"train"}, status  # the only stage whose own inputs changed
     params.write_text(original)
 
-    output = dvc("exp", "run", "-S", "train.model.learning_rate=0.002", cwd=repo, env=env)
+    output = dvc("exp", "run", "-S", f"{MODEL_PARAMS}:learning_rate=0.002", cwd=repo, env=env)
     assert ran_stages(output) == {"train", "evaluate", "export"}, output
     assert skipped_stages(output) == {"data"}, output
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["model"]["learning_rate"] == 0.002
+    assert lock["stages"]["train"]["params"][MODEL_PARAMS]["learning_rate"] == 0.002
     ckpt = torch.load(repo / "runs" / "pipeline" / "best.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["hyper_parameters"]["learning_rate"] == 0.002
 
     params_diff = json.loads(dvc("params", "diff", "--json", cwd=repo, env=env))
-    lr_diff = params_diff["params.yaml"]["train.model.learning_rate"]
-    assert (lr_diff["old"], lr_diff["new"]) == (0.005, 0.002)
+    lr_diff = params_diff[MODEL_PARAMS]["learning_rate"]
+    assert (lr_diff["old"], lr_diff["new"]) == (TINY_LR, 0.002)
     metrics_diff = json.loads(dvc("metrics", "diff", "--all", "--json", cwd=repo, env=env))
     new = json.loads((repo / "reports" / "metrics.json").read_text())
     assert {k: v["new"] for k, v in metrics_diff["reports/metrics.json"].items()} == new

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,21 @@ def test_resolve_mode_rejects_unknown_modes() -> None:
         resolve_mode(None, {"WANDB_MODE": "sometimes"})
 
 
+@pytest.fixture
+def own_environ() -> Iterator[None]:
+    """A W&B run started in this process leaves its service running and named in os.environ
+    (WANDB_SERVICE, for child processes): stop it and restore the environment, or the next test's
+    subprocess would log through this process's service (and into its working directory)."""
+    saved = os.environ.copy()
+    yield
+    import wandb
+
+    wandb.teardown()
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.mark.usefixtures("own_environ")
 def test_logger_without_key_is_offline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wandb_env: dict[str, str]
 ) -> None:
