@@ -146,6 +146,9 @@ def test_resume_from_last_continues_at_the_right_step(tmp_path: Path) -> None:
     run = json.loads((tmp_path / "run.json").read_text())  # rewritten when the second fit ends
     assert run["global_step"] == 12 and (run["epochs"][-1]["epoch"], run["epochs"][-1]["step"]) == (1, 12)
     assert [step for step, _ in run["train_loss"]][-6:] == list(range(7, 13))
+    # the history before the resume comes back from the checkpoint (RunSummary's callback state)
+    assert [e["epoch"] for e in run["epochs"]] == [0, 1]
+    assert [step for step, _ in run["train_loss"]] == list(range(1, 13))
 
 
 def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:

@@ -6,9 +6,12 @@ import asyncio
 import json
 import logging
 import multiprocessing as mp
+import re
 import signal
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -97,7 +100,8 @@ BAD_INPUT = {
         422,
         f"at most {options.MAX_TEXTS}",
     ),
-    "body too large": ({"json": {"texts": ["a" * 1500] * 800}}, 413, f"limit is {options.MAX_BODY_BYTES}"),
+    "null beside text": ({"json": {"text": "a", "texts": None}}, 422, "exactly one of 'text'"),
+    "body too large": ({"json": {"texts": ["a" * 1500] * 1500}}, 413, f"limit is {options.MAX_BODY_BYTES}"),
     "no content type": ({"content": b'{"text": "i feel fine"}'}, 415, "none was sent"),
     "text/plain": (
         {"content": b'{"text": "hi"}', "headers": {"Content-Type": "text/plain"}},
@@ -194,14 +198,178 @@ def test_health_info_and_metrics(server: Server, exported_dir: Path) -> None:
         assert delta("emotions_predicted_label_total", label=label) == labels.count(label)
 
 
+def _operations(spec: dict) -> dict[str, dict]:
+    return {
+        f"{method.upper()} {path}": op for path, ops in spec["paths"].items() for method, op in ops.items()
+    }
+
+
 def test_openapi_describes_request_and_response(server: Server) -> None:
+    """No key configured: nothing declares security; every route's statuses and real media types."""
     spec = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
     schemas = spec["components"]["schemas"]
-    assert {"text", "texts"} <= schemas["PredictRequest"]["properties"].keys()
     assert {"label", "score", "scores"} <= schemas["Prediction"]["properties"].keys()
-    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    ops = _operations(spec)
+    assert set(ops) == {"POST /predict", "GET /health", "GET /info", "GET /metrics", "GET /", "GET /ui"}
+    assert "securitySchemes" not in spec.get("components", {})
+    assert not any("security" in op for op in ops.values())
+    predict = ops["POST /predict"]
+    body = predict["requestBody"]["content"]["application/json"]["schema"]
     assert body["$ref"].endswith("/PredictRequest")
-    assert httpx.get(f"{server.url}/docs", timeout=30).status_code == 200
+    assert set(predict["responses"]) == {"200", "400", "408", "413", "415", "422", "500", "504"}
+    for code, response in predict["responses"].items():
+        want = "Prediction" if code == "200" else ("ValidationFailure" if code == "422" else "Error")
+        assert want in json.dumps(response["content"]["application/json"]["schema"]), code
+    media = {name: list(op["responses"]["200"]["content"]) for name, op in ops.items()}
+    assert media["GET /metrics"] == media["GET /health"] == media["GET /"] == ["text/plain"]
+    assert media["GET /ui"] == ["text/html"] and media["GET /info"] == ["application/json"]
+    assert set(ops["GET /health"]["responses"]) == {"200", "503"}
+    assert all("401" not in op["responses"] for op in ops.values())
+    # The request rules, as the validators enforce them.
+    request = schemas["PredictRequest"]
+    assert request["oneOf"] == [{"required": ["text"]}, {"required": ["texts"]}]
+    assert request["additionalProperties"] is False
+    text, texts = request["properties"]["text"], request["properties"]["texts"]
+    assert (
+        text["pattern"] == r"\S" and text["maxLength"] == options.MAX_TEXT_CHARS and text["type"] == "string"
+    )
+    assert texts["maxItems"] == options.MAX_TEXTS and texts["minItems"] == 1
+    assert texts["items"]["pattern"] == r"\S" and texts["items"]["maxLength"] == options.MAX_TEXT_CHARS
+
+
+def test_the_largest_valid_request_fits_the_body_limit(server: Server) -> None:
+    """64 texts of 2,000 characters, every one \\u-escaped as a surrogate pair: valid by the schema, so
+    it must not be refused for its size."""
+    body = json.dumps({"texts": ["\U0001f600" * options.MAX_TEXT_CHARS] * options.MAX_TEXTS}).encode()
+    assert len(body) <= options.MAX_BODY_BYTES
+    response = httpx.post(
+        f"{server.url}/predict", content=body, headers={"Content-Type": "application/json"}, timeout=120
+    )
+    assert response.status_code == 200, response.text[:500]
+    assert len(response.json()) == options.MAX_TEXTS
+
+
+class Prober(threading.Thread):
+    """Another client, sending a prediction every 50 ms while a test abuses the server."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url, self.stop, self.results = url, threading.Event(), []
+
+    def run(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not self.stop.is_set():
+                start = time.perf_counter()
+                status = client.post(f"{self.url}/predict", json={"text": "still serving?"}).status_code
+                self.results.append((status, time.perf_counter() - start))
+                time.sleep(0.05)
+
+    def __enter__(self) -> Prober:
+        self.start()
+        deadline = time.monotonic() + 30
+        while not self.results and time.monotonic() < deadline:  # serving before the abuse starts
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(0.2)  # and after it
+        self.stop.set()
+        self.join(60)
+        assert len(self.results) >= 2, self.results
+        assert {status for status, _ in self.results} == {200}, self.results
+        assert max(seconds for _, seconds in self.results) < 5, self.results
+
+
+def test_a_60_mb_body_sent_in_full_gets_a_readable_413(server: Server) -> None:
+    """urllib sends the whole body before it reads the answer: the server reads and discards it (up to
+    64 MiB) and answers 413 JSON, then closes; another client is served meanwhile."""
+    body = b'{"text": "' + b"a" * 60_000_000 + b'"}'
+    request = urllib.request.Request(
+        f"{server.url}/predict", data=body, headers={"Content-Type": "application/json"}
+    )
+    with Prober(server.url), pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(request, timeout=60)
+    assert answer.value.code == 413
+    assert answer.value.headers["Connection"] == "close"
+    assert answer.value.headers["Content-Type"] == "application/json"
+    assert f"the limit is {options.MAX_BODY_BYTES}" in json.loads(answer.value.read())["detail"]
+
+
+def test_a_200_mb_body_is_refused_at_once(server: Server) -> None:
+    """Past the 64 MiB bound the server answers 413 and closes without reading the body; a client that
+    is still sending sees the connection closed (or, if it reads early, the 413)."""
+    import requests
+
+    body = b'{"text": "' + b"a" * 200_000_000 + b'"}'
+    start = time.perf_counter()
+    with Prober(server.url):
+        try:
+            response = requests.post(
+                f"{server.url}/predict", data=body, headers={"Content-Type": "application/json"}, timeout=60
+            )
+        except requests.ConnectionError:
+            pass
+        else:
+            assert response.status_code == 413 and "200000012 bytes" in response.json()["detail"]
+    assert time.perf_counter() - start < 30
+
+
+def test_a_slow_drip_body_is_cut_off_at_the_deadline(server: Server) -> None:
+    """A body that trickles in is answered 408 (and the connection closed) after 10 s; others are served."""
+    import socket
+
+    start = time.perf_counter()
+    with Prober(server.url), socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n"
+        )
+        sock.settimeout(0.5)
+        answer = b""
+        while time.perf_counter() - start < 25 and b"\r\n\r\n" not in answer:
+            try:
+                sock.sendall(b" ")
+                answer += sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        sock.settimeout(5)
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+    elapsed = time.perf_counter() - start
+    head, _, detail = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b"connection: close" in head.lower()
+    assert "did not arrive within 10 s" in json.loads(detail)["detail"]
+    assert options.BODY_DEADLINE_S - 1 < elapsed < options.BODY_DEADLINE_S + 10
+
+
+def test_auto_variant_threads_and_timing_are_said(server: Server) -> None:
+    log = server.log()
+    assert "variant fp32 (auto): export_info.json records no test accuracy per variant" in log
+    assert f"threads {options.available_cores()} per inference worker (auto" in log
+    response = httpx.post(f"{server.url}/predict", json={"text": TEXTS[0]}, timeout=30)
+    assert response.headers["server-timing"].startswith("app;dur=")
+    info = httpx.get(f"{server.url}/info", timeout=30).json()["model"]
+    assert info["variant_reason"].startswith("export_info.json records no test accuracy")
+    assert info["batching"]["batch_timeout"] == 0.02 and info["api_key_required"] is False
+
+
+def test_ui_and_docs_work_offline(server: Server) -> None:
+    page = httpx.get(f"{server.url}/ui", timeout=30)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<script src" not in page.text and "<link" not in page.text  # one file: CSS and JS inline
+    assert re.findall(r"https?://", page.text) == []  # nothing fetched from elsewhere
+    docs = httpx.get(f"{server.url}/docs", timeout=30)
+    assert docs.status_code == 200 and "cdn" not in docs.text.lower()
+    for asset in re.findall(r'(?:src|href)="(/docs/assets/[^"]+)"', docs.text):
+        assert httpx.get(f"{server.url}{asset}", timeout=30).status_code == 200, asset
+    assert "swagger-ui-bundle.js" in docs.text
+    assert httpx.get(f"{server.url}/docs/assets/..%2Fpredictor.py", timeout=30).status_code == 404
 
 
 def test_python_client_and_no_key_needed(server: Server, expected: dict) -> None:
@@ -232,6 +400,15 @@ def test_api_key_onnx_variant_and_sigterm(exported_dir: Path, tmp_path: Path) ->
         )  # Prometheus's way
         assert httpx.get(f"{srv.url}/info", timeout=30).status_code == 401
         assert httpx.get(f"{srv.url}/health", timeout=30).status_code == 200
+        assert httpx.get(f"{srv.url}/ui", timeout=30).status_code == 200  # the page asks for the key itself
+        spec = httpx.get(f"{srv.url}/openapi.json", timeout=30).json()
+        for name, op in _operations(spec).items():
+            if name in {"GET /health", "GET /ui"}:
+                assert "security" not in op and "401" not in op["responses"], name
+            else:
+                assert op["security"] == [{"APIKeyHeader": []}, {"HTTPBearer": []}], name
+                assert "401" in op["responses"], name
+        assert spec["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
         got = httpx.post(url, json={"texts": TEXTS}, headers={"X-API-Key": "s3cret"}, timeout=30).json()
         want = Predictor.from_folder(exported_dir, "onnx").predict(TEXTS)
         assert all(_same(g, w) for g, w in zip(got, want, strict=True))

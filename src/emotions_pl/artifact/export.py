@@ -1,7 +1,10 @@
 """``python -m emotions_pl export``: checkpoint -> Hugging Face folder (+ ONNX / int8), parity-checked.
 
 The folder is built next to its destination and renamed into place only after every variant has
-passed its parity check against the checkpoint, so a server never loads half an artifact.
+passed its parity check against the checkpoint, so a server never loads half an artifact. With
+``--data DIR`` every variant is also scored on the test split (accuracy, macro-F1: what ``serve`` reads
+to choose its default variant). The promotion gate refuses to replace a folder that holds a better
+model (by recorded test metrics) unless ``--force``; what was replaced, and why, is recorded.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +67,14 @@ PARITY_TEXTS = [
 
 class ExportError(CheckFailed):
     """An export that must not be published (failed parity); nothing is left behind."""
+
+
+class PromotionRefused(CheckFailed):
+    """The output folder holds a better model than the candidate; nothing was replaced (exit 1)."""
+
+
+# The promotion gate compares this test metric (macro-F1: the metric checkpoints are selected on).
+GATE_METRIC = "f1_macro"
 
 
 def sha256(path: Path) -> str:
@@ -163,6 +175,101 @@ def check_parity(
     return result
 
 
+def score_variants(folder: Path, variants: list[str], data: Path, labels: list[str]) -> dict[str, Any]:
+    """Accuracy and macro-F1 of each variant on the test split, through the Predictor the server uses."""
+    from emotions_pl import metrics, tables
+
+    path = tables.find_split_file(data, "test") if data.is_dir() else data
+    texts, targets = tables.read_split(path, labels, "test")
+    digest = sha256(path)
+    scored = {}
+    for variant in variants:
+        start = time.perf_counter()
+        predicted = Predictor.from_folder(folder, variant).predict_proba(texts).argmax(-1)
+        seconds = time.perf_counter() - start
+        values = metrics.scores(predicted, targets, len(labels))
+        scored[variant] = {
+            "data": str(path.resolve()),
+            "sha256": digest,
+            "n": len(texts),
+            "accuracy": round(values["acc"], 6),
+            "f1_macro": round(values["f1_macro"], 6),
+            "texts_per_s": round(len(texts) / seconds, 1),  # this machine, at export time: for the record
+        }
+        print(
+            f"test  {variant:>5}: accuracy {values['acc']:.4f}, macro-F1 {values['f1_macro']:.4f} "
+            f"on {len(texts)} texts of {path}"
+        )
+    return scored
+
+
+def gate_scores(info: dict[str, Any]) -> dict[str, float]:
+    """The test ``GATE_METRIC`` values an export records, by basis, in the order the gate prefers them:
+    fp32 scored by ``--data`` on a test file (named by its sha256), then the run's ``test`` metrics."""
+    found = {}
+    fp32 = (info.get("variants", {}).get("fp32") or {}).get("test") or {}
+    if isinstance(fp32.get(GATE_METRIC), int | float):
+        found[f"fp32 on the test file sha256 {fp32.get('sha256', '?')[:12]}"] = float(fp32[GATE_METRIC])
+    test = (info.get("metrics") or {}).get("test") or {}
+    if isinstance(test.get(f"test/{GATE_METRIC}"), int | float):
+        found["the run's test metrics (run.json)"] = float(test[f"test/{GATE_METRIC}"])
+    return found
+
+
+def promotion(output: Path, info: dict[str, Any], force: bool = False) -> dict[str, Any] | None:
+    """The promotion gate: ``None`` when ``output`` holds no export; otherwise what is being replaced and
+    why. Raises ``PromotionRefused`` when the current model is better by a recorded test metric both
+    exports share (or only the current one records one), unless ``force``."""
+    path = output / INFO_FILE
+    if not path.is_file():
+        return None
+    try:
+        current = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        current = {}
+    source = current.get("source_checkpoint") or {}
+    record: dict[str, Any] = {
+        "previous": {
+            "name": current.get("name"),
+            "created": current.get("created"),
+            "source_checkpoint": {k: source.get(k) for k in ("path", "sha256", "epoch")},
+        },
+        "metric": f"test {GATE_METRIC}",
+        "forced": False,
+    }
+    if source.get("sha256") and source.get("sha256") == info["source_checkpoint"]["sha256"]:
+        record["decision"] = "re-export of the same checkpoint"
+        return record
+    new, old = gate_scores(info), gate_scores(current)
+    basis = next((k for k in new if k in old), None)
+    if basis is not None:
+        record |= {"basis": basis, "previous_score": old[basis], "candidate_score": new[basis]}
+        if new[basis] >= old[basis]:
+            record["decision"] = (
+                f"promoted: test {GATE_METRIC} {new[basis]:.4f} >= {old[basis]:.4f} ({basis})"
+            )
+            return record
+        reason = (
+            f"{output} holds a better model: test {GATE_METRIC} {old[basis]:.4f} against the candidate's "
+            f"{new[basis]:.4f} ({basis})"
+        )
+    elif old:
+        basis, value = next(iter(old.items()))
+        record |= {"basis": basis, "previous_score": value, "candidate_score": None}
+        reason = (
+            f"{output} holds a model with a recorded test {GATE_METRIC} ({value:.4f}, {basis}) and the "
+            "candidate records none to compare with it (run `test` on its checkpoint, or export with "
+            "--data on the same test file)"
+        )
+    else:
+        record["decision"] = f"replaced: the previous model records no test {GATE_METRIC} to compare"
+        return record
+    if not force:
+        raise PromotionRefused(f"{reason}; nothing was replaced. Pass --force to replace it anyway.")
+    record |= {"forced": True, "decision": f"forced (--force): {reason}"}
+    return record
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -234,6 +341,30 @@ def model_card(
         lines.append(
             f"| {name} | `{variant['path']}` | {p['max_abs_logit_diff']:.2e} | {p['label_agreement']:.3f} |"
         )
+    tested = {name: v["test"] for name, v in info["variants"].items() if v.get("test")}
+    if tested:
+        first = next(iter(tested.values()))
+        lines += [
+            "",
+            "## Test split per variant",
+            "",
+            f"`{first['data']}` ({first['n']} texts, sha256 `{first['sha256'][:12]}`), scored by the "
+            "Predictor the server uses. `serve` defaults to the fastest variant within 0.5 points of fp32.",
+            "",
+            "| variant | accuracy | macro-F1 |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {n} | {t['accuracy']:.4f} | {t['f1_macro']:.4f} |" for n, t in tested.items()]
+    replaced = info.get("replaced")
+    if replaced:
+        previous = replaced["previous"]
+        lines += [
+            "",
+            "## Replaces",
+            "",
+            f"This export replaced `{previous.get('name')}` (created {previous.get('created')}, source "
+            f"checkpoint sha256 `{previous['source_checkpoint'].get('sha256')}`): {replaced['decision']}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -244,10 +375,19 @@ def export(
     int8: bool = False,
     max_diff: float = MAX_LOGIT_DIFF,
     min_int8_agreement: float = MIN_INT8_AGREEMENT,
+    data: Path | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Write the export folder for ``ckpt_path`` at ``output`` and return its export_info."""
+    """Write the export folder for ``ckpt_path`` at ``output`` and return its export_info.
+
+    ``data``: a data folder (its test split) or a test file to score every variant on. ``force``:
+    replace the folder's model even when it is better (the promotion gate).
+    """
     fit = checkpoint.load(ckpt_path)
     model, tokenizer, labels = fit.model, fit.tokenizer, fit.labels
+    if data is None:  # the gate's answer is known now: refuse before the work, not after
+        candidate = {"source_checkpoint": {"sha256": sha256(ckpt_path)}, "metrics": fit.metrics()}
+        promotion(output, candidate, force)
     tokenizer.model_max_length = fit.max_length  # pipeline(..., truncation=True) then cuts where training did
     reference = reference_logits(fit.predictor())
 
@@ -280,6 +420,13 @@ def export(
                 export_int8(tmp / VARIANT_FILES["onnx"], tmp / VARIANT_FILES["int8"])
             parity = check_parity(tmp, variant, reference, max_diff, min_int8_agreement)
             info["variants"][variant] = {"path": VARIANT_FILES[variant], "parity": parity}
+        if data is not None:
+            for variant, scored in score_variants(tmp, wanted, data, labels).items():
+                info["variants"][variant]["test"] = scored
+        replaced = promotion(output, info, force)
+        if replaced is not None:
+            info["replaced"] = replaced
+            print(f"replacing {output}: {replaced['decision']}")
         training = {"trainer": fit.run.get("trainer", {}), "seed_everything": fit.data.get("seed")}
         atomic_write_text(tmp / "README.md", model_card(info, fit.hparams, fit.data, training))
         atomic_write_text(tmp / INFO_FILE, json.dumps(info, indent=2))
@@ -317,6 +464,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=MIN_INT8_AGREEMENT,
         help="int8 parity floor on label agreement (default %(default)g)",
     )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="score every variant on this data folder's test split (or this test file): accuracy and "
+        "macro-F1 per variant in export_info.json, which `serve` uses to choose its default variant",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the model in --output even when its recorded test metrics are better",
+    )
     return parser
 
 
@@ -328,7 +486,14 @@ def run(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()
     try:
         info = export(
-            args.ckpt, args.output, args.onnx, args.int8, args.max_logit_diff, args.min_int8_agreement
+            args.ckpt,
+            args.output,
+            args.onnx,
+            args.int8,
+            args.max_logit_diff,
+            args.min_int8_agreement,
+            data=args.data,
+            force=args.force,
         )
     except KeyboardInterrupt:
         print("export interrupted; its temporary folder was removed", file=sys.stderr)

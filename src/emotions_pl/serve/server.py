@@ -5,24 +5,38 @@ worker(s). Requests are validated in the HTTP process (pydantic, content type, s
 bad request is a 4xx there and never reaches -- or fails -- a batch. Prometheus metrics from all
 processes meet in a multiprocess directory that ``/metrics`` aggregates.
 
+Batching is opportunistic (``OpportunisticLoop``): a worker blocks until a request arrives, then takes
+whatever else is queued, up to ``--max-batch-size``, and runs it; it never waits for a batch to fill
+unless ``--batch-timeout`` asks it to. Under load the queue fills while the model runs, so batches grow
+by themselves.
+
+The routes are LitServe's endpoints re-registered with what they really do (``install_routes``), so
+``/openapi.json`` is the contract: security only when a key is configured, every status code with its
+JSON error model, the real media types, and the request rules (exactly one of ``text``/``texts``, not
+blank, the length limits).
+
 No ``from __future__ import annotations`` here: LitServe reads the request/response types from the
 annotations of ``decode_request`` / ``encode_response`` at run time.
 """
 
 import argparse
+import asyncio
 import functools
 import json
 import logging
 import multiprocessing as mp
 import os
+import re
 import secrets
 import shutil
 import signal
 import tempfile
 import time
 from contextlib import asynccontextmanager
+from importlib import resources
 from itertools import pairwise
 from pathlib import Path
+from queue import Empty
 from types import SimpleNamespace
 from typing import Annotated, Any
 
@@ -30,9 +44,13 @@ import litserve as ls
 import numpy as np
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from fastapi.security import APIKeyHeader
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from litserve.loops import BatchedLoop
+from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
+from litserve.utils import LitAPIStatus, LoopResponseType
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from emotions_pl import schema
@@ -45,43 +63,81 @@ from emotions_pl.artifact.predictor import (
     softmax,
 )
 from emotions_pl.patches.litserve import LitServer
-from emotions_pl.serve.options import API_KEY_ENV, MAX_BODY_BYTES, MAX_TEXT_CHARS, MAX_TEXTS
+from emotions_pl.serve import options
+from emotions_pl.serve.options import (
+    API_KEY_ENV,
+    BODY_DEADLINE_S,
+    DISCARD_BYTES,
+    MAX_BODY_BYTES,
+    MAX_TEXT_CHARS,
+    MAX_TEXTS,
+)
 from emotions_pl.serve.predlog import PredictionLog
 
-OPEN_PATHS = {"/health"}  # liveness/readiness probes carry no secrets
+OPEN_PATHS = {"/health", "/ui"}  # probes and the page itself carry no secrets; the page's calls carry the key
 PREDICT_PATH = "/predict"
-KNOWN_PATHS = {"/", PREDICT_PATH, "/health", "/info", "/metrics", "/docs", "/openapi.json"}
+UI_PATH = "/ui"
+KNOWN_PATHS = {"/", PREDICT_PATH, "/health", "/info", "/metrics", "/docs", "/openapi.json", UI_PATH}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+NOT_BLANK = r"\S"  # the schema's pattern; the server checks it with Python's re, as the fuzzers generate it
+_NOT_BLANK = re.compile(NOT_BLANK)
+# Swagger UI's files, served from the swagger-ui-bundle wheel so /docs works offline.
+DOCS_ASSETS = {"swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"}
 log = logging.getLogger(__name__)
 
 
+# -- request and response models (the OpenAPI document) -------------------------------------------------
+
+
 def _check_text(text: str) -> str:
-    if not text.strip():
+    if not _NOT_BLANK.search(text):
         raise ValueError("text is empty or only whitespace")
     if len(text) > MAX_TEXT_CHARS:
         raise ValueError(f"text has {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (valid JSON escape, not UTF-8): the tokenizer needs UTF-8
+        text = text.encode("utf-8", "replace").decode("utf-8")
     return text
 
 
+TEXT_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT_CHARS, "pattern": NOT_BLANK}
 Text = Annotated[str, Field(strict=True), AfterValidator(_check_text)]
+
+
+def _request_schema(json_schema: dict[str, Any]) -> None:
+    """What the validators enforce, in JSON Schema: exactly one field, non-blank texts, the limits."""
+    properties = json_schema["properties"]
+    properties["text"] = {
+        **TEXT_SCHEMA,
+        "title": "Text",
+        "description": f"one text, 1 to {MAX_TEXT_CHARS} characters, not only whitespace; "
+        "answered with one prediction",
+    }
+    properties["texts"] = {
+        "type": "array",
+        "items": TEXT_SCHEMA,
+        "minItems": 1,
+        "maxItems": MAX_TEXTS,
+        "title": "Texts",
+        "description": f"1 to {MAX_TEXTS} texts, each like `text`; answered with a list, in the same order",
+    }
+    json_schema["oneOf"] = [{"required": ["text"]}, {"required": ["texts"]}]
+    json_schema["examples"] = [{"text": "i feel great today"}, {"texts": ["so happy", "so sad"]}]
 
 
 class PredictRequest(BaseModel):
     """Exactly one of ``text`` (answered with one prediction) or ``texts`` (a list, in the same order)."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"text": "i feel great today"}, {"texts": ["so happy", "so sad"]}]},
-    )
-    text: Text | None = Field(None, description=f"one text, 1 to {MAX_TEXT_CHARS} characters")
-    texts: Annotated[list[Text], Field(min_length=1, max_length=MAX_TEXTS)] | None = Field(
-        None, description=f"1 to {MAX_TEXTS} texts, each 1 to {MAX_TEXT_CHARS} characters"
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_request_schema)
+    text: Text | None = None
+    texts: Annotated[list[Text], Field(min_length=1, max_length=MAX_TEXTS)] | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "PredictRequest":
-        if (self.text is None) == (self.texts is None):
+        given = self.model_fields_set & {"text", "texts"}  # an explicit null counts as given (and is wrong)
+        if len(given) != 1 or getattr(self, given.pop()) is None:
             raise ValueError("give exactly one of 'text' (a string) or 'texts' (a list of strings)")
         return self
 
@@ -95,6 +151,61 @@ class Prediction(BaseModel):
 
 
 assert set(Prediction.model_fields) == {schema.LABEL, schema.SCORE, schema.SCORES}  # one record everywhere
+
+
+class Issue(BaseModel):
+    """One problem with the request (FastAPI's validation item, without the input echoed back)."""
+
+    loc: list[str | int] = Field(description="where: body, then the field path")
+    msg: str
+    type: str
+
+
+class Error(BaseModel):
+    """Every error answer: ``detail`` says what is wrong (a sentence, or the list of problems)."""
+
+    detail: str | list[Issue]
+
+
+class ValidationFailure(BaseModel):
+    """422: the body is JSON but not a valid request."""
+
+    detail: list[Issue]
+
+
+class Info(BaseModel):
+    """/info: the model (name, variant and why, labels, metrics, limits, batching) and the server."""
+
+    model_config = ConfigDict(extra="allow")
+    model: dict[str, Any]
+    server: dict[str, Any]
+
+
+def _errors(*codes: int, key_required: bool = False) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "the body is not valid JSON (or the client went away before sending it all)",
+        401: "the API key is missing or wrong (X-API-Key, or Authorization: Bearer)",
+        408: f"the body did not arrive within {BODY_DEADLINE_S:g} s; the connection is closed",
+        413: f"the body is over {MAX_BODY_BYTES} bytes (bodies up to {DISCARD_BYTES} bytes are read and "
+        "discarded first; the connection is closed)",
+        415: "Content-Type is missing or not application/json",
+        422: "the JSON is not a valid request: exactly one of text/texts, each text not blank and at most "
+        f"{MAX_TEXT_CHARS} characters, at most {MAX_TEXTS} texts, no other field",
+        500: "internal error (nothing the client can fix)",
+        504: "the request waited in the queue past --timeout",
+    }
+    wanted = [c for c in codes if c != 401 or key_required]
+    return {c: {"model": ValidationFailure if c == 422 else Error, "description": text[c]} for c in wanted}
+
+
+TEXT = {"type": "string"}
+
+
+def _text(description: str, **extra: Any) -> dict[str, Any]:
+    return {"description": description, "content": {"text/plain": {"schema": {"type": "string", **extra}}}}
+
+
+# -- metrics ------------------------------------------------------------------------------------------
 
 
 @functools.cache
@@ -120,9 +231,49 @@ def metrics() -> SimpleNamespace:
     )
 
 
-API_KEY_HEADER = APIKeyHeader(
-    name="X-API-Key", auto_error=False, description=f"required when ${API_KEY_ENV} (or --api-key-env) is set"
-)
+# -- the inference worker -----------------------------------------------------------------------------
+
+
+class OpportunisticLoop(BatchedLoop):
+    """LitServe's batched loop, collecting a batch the opportunistic way.
+
+    Block until the first request arrives (never spin), take whatever else is queued without waiting,
+    and, only when ``batch_timeout`` > 0, wait up to that long after the first request for more.
+    LitServe's own collector waits ``batch_timeout`` from the start even for a lone request, and with 0
+    it polls an empty queue in a busy loop.
+    """
+
+    def get_batch_requests(self, lit_api: ls.LitAPI, request_queue: Any, transport: Any) -> tuple[list, list]:
+        try:
+            items = [request_queue.get(timeout=1.0)]
+        except Empty:
+            return [], []
+        deadline = time.monotonic() + lit_api.batch_timeout
+        while len(items) < lit_api.max_batch_size and items[-1] != _SENTINEL_VALUE:
+            try:
+                items.append(request_queue.get_nowait())
+            except Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    items.append(request_queue.get(timeout=remaining))
+                except Empty:
+                    break
+        payloads, timed_out = [], []
+        apply_timeout = lit_api.request_timeout not in (-1, False)
+        for item in items:
+            if item == _SENTINEL_VALUE:
+                raise _StopLoopError()
+            response_queue_id, uid, timestamp, x_enc = item
+            self.put_response(
+                transport, response_queue_id, uid, (), LitAPIStatus.START, LoopResponseType.REGULAR
+            )
+            if apply_timeout and time.monotonic() - timestamp > lit_api.request_timeout:
+                timed_out.append((response_queue_id, uid))
+            else:
+                payloads.append((response_queue_id, uid, x_enc))
+        return payloads, timed_out
 
 
 class EmotionAPI(ls.LitAPI):
@@ -133,14 +284,12 @@ class EmotionAPI(ls.LitAPI):
         model_dir: str,
         variant: str = "fp32",
         max_batch_size: int = 32,
-        batch_timeout: float = 0.01,
-        api_key_env: str | None = API_KEY_ENV,
+        batch_timeout: float = 0.0,
         num_threads: int | None = None,
     ):
-        # BatchedLoop also for max_batch_size=1, so batch/unbatch always run.
-        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, loop=BatchedLoop())
+        # The batched loop also for max_batch_size=1, so batch/unbatch always run.
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, loop=OpportunisticLoop())
         self.model_dir, self.variant, self.num_threads = model_dir, variant, num_threads
-        self.api_key_env = api_key_env
 
     def setup(self, device: str) -> None:
         from transformers.utils import logging as hf_logging
@@ -179,21 +328,42 @@ class EmotionAPI(ls.LitAPI):
             metrics().labels.labels(r.label).inc()
         return results[0] if single else results
 
-    def authorize(self, request: Request, api_key: str | None = Security(API_KEY_HEADER)) -> None:
-        """LitServe's auth hook (every route it registers, plus /metrics); /health stays open.
 
-        ``Authorization: Bearer <key>`` is accepted too: it is all a Prometheus scrape can send.
-        """
-        expected = os.environ.get(self.api_key_env) if self.api_key_env else None
-        scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
-        given = api_key or (bearer if scheme.lower() == "bearer" else "")
-        if expected and request.url.path not in OPEN_PATHS and not secrets.compare_digest(given, expected):
+# -- the HTTP process: auth, body guard, routes ----------------------------------------------------------
+
+API_KEY_HEADER = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description=f"the key in ${API_KEY_ENV} (or --api-key-env)"
+)
+BEARER = HTTPBearer(auto_error=False, description="the same key as a bearer token (what Prometheus sends)")
+
+
+def auth_dependency(expected: str | None) -> Any:
+    """The routes' auth dependency: with a key, X-API-Key (or ``Authorization: Bearer``) must match it;
+    without one, nothing -- and nothing is declared in the OpenAPI document either."""
+    if not expected:
+
+        def no_key_configured() -> None:
+            return None
+
+        return no_key_configured
+    want = expected.encode()
+
+    def require_key(
+        api_key: Annotated[str | None, Security(API_KEY_HEADER)] = None,
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
+    ) -> None:
+        given = api_key or (bearer.credentials if bearer else "")
+        if not secrets.compare_digest(given.encode("utf-8", "surrogateescape"), want):
             raise HTTPException(401, "missing or invalid API key: send it in the X-API-Key header")
 
+    return require_key
 
-async def _send_json(send: Any, status: int, detail: Any) -> None:
+
+async def _send_json(send: Any, status: int, detail: Any, close: bool = False) -> None:
     body = json.dumps({"detail": detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -202,33 +372,58 @@ class GuardMiddleware:
     """ASGI middleware: JSON-only, size-limited /predict bodies; request metrics; the prediction log.
 
     LitServe would answer 500 for some non-JSON bodies; here they get 415 / 413 before FastAPI parses
-    anything. The body is read once (bounded) and replayed to the app.
+    anything. The body is read once (bounded) and replayed to the app. A body over the limit is read and
+    thrown away up to ``discard_bytes`` within ``deadline_s`` -- clients such as urllib and requests read
+    the answer only after sending everything, and would otherwise see a reset -- then answered with 413
+    and ``Connection: close``. A body declared larger than that, or still arriving at the deadline, is
+    answered at once and the connection closed.
     """
 
     def __init__(
-        self, app: Any, max_body_bytes: int = MAX_BODY_BYTES, prediction_log: PredictionLog | None = None
+        self,
+        app: Any,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        prediction_log: PredictionLog | None = None,
+        discard_bytes: int = DISCARD_BYTES,
+        deadline_s: float = BODY_DEADLINE_S,
     ):
         self.app, self.max_body_bytes, self.prediction_log = app, max_body_bytes, prediction_log
+        self.discard_bytes, self.deadline_s = discard_bytes, deadline_s
 
-    async def _read_body(self, scope: dict, receive: Any) -> tuple[int, str] | bytes:
+    async def _read_body(self, scope: dict, receive: Any) -> tuple[int, str, bool] | bytes:
+        """The body, or ``(status, detail, close the connection)``."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "application/json" and not media_type.endswith("+json"):
             got = f"got {media_type!r}" if media_type else "none was sent"
-            return 415, f"Content-Type must be application/json ({got})"
+            return 415, f"Content-Type must be application/json ({got})", False
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            return 413, f"body has {declared} bytes; the limit is {self.max_body_bytes}"
-        chunks, size = [], 0
+        too_big = f"the limit is {self.max_body_bytes}"
+        if declared.isdigit() and int(declared) > self.discard_bytes:
+            return 413, f"body has {declared} bytes; {too_big}", True
+        deadline = time.monotonic() + self.deadline_s
+        chunks: list[bytes] = []
+        size = 0
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                if size > self.max_body_bytes:
+                    return 413, f"body is over the limit of {self.max_body_bytes} bytes ({too_big})", True
+                return 408, f"the body did not arrive within {self.deadline_s:g} s", True
             if message["type"] == "http.disconnect":
-                return 400, "client disconnected before sending the whole body"
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_body_bytes:
-                return 413, f"body is over the limit of {self.max_body_bytes} bytes"
+                return 400, "client disconnected before sending the whole body", True
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size <= self.max_body_bytes:
+                chunks.append(chunk)
+            else:
+                chunks.clear()  # over the limit: keep reading, to answer once the client listens
+                if size > self.discard_bytes:
+                    return 413, f"body is over the limit of {self.max_body_bytes} bytes ({too_big})", True
             if not message.get("more_body"):
+                if size > self.max_body_bytes:
+                    return 413, f"body has {size} bytes; {too_big}", True
                 return b"".join(chunks)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -242,6 +437,10 @@ class GuardMiddleware:
         async def send_and_watch(message: dict) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                if is_predict:  # the server's own time, for clients (the /ui page shows it)
+                    elapsed_ms = (time.perf_counter() - start) * 1000
+                    timing = (b"server-timing", f"app;dur={elapsed_ms:.1f}".encode())
+                    message = {**message, "headers": [*message.get("headers", []), timing]}
             elif is_predict and self.prediction_log is not None and message["type"] == "http.response.body":
                 response_body.append(message.get("body", b""))
             await send(message)
@@ -300,6 +499,160 @@ def metrics_endpoint() -> Response:
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
+def ui_page() -> str:
+    """The /ui page: one static HTML file (its CSS and JS inline) shipped as package data."""
+    return resources.files("emotions_pl.serve").joinpath("ui/index.html").read_text("utf-8")
+
+
+def swagger_ui_dir() -> Path | None:
+    try:
+        import swagger_ui_bundle
+    except ImportError:
+        return None
+    return Path(str(swagger_ui_bundle.swagger_ui_path))
+
+
+def install_routes(server: ls.LitServer, key_required_value: str | None) -> None:
+    """Re-register LitServe's endpoints (same handlers) with their real contract, and add ours.
+
+    LitServe declares every route JSON with an API-key dependency; here each route says what it answers
+    (media type, every status code and its error model), the key is declared only when one is set, and
+    never on /health or /ui.
+    """
+    app = server.app
+    auth = [Depends(auth_dependency(key_required_value))]
+    key = bool(key_required_value)
+    theirs = {
+        (route.path, method): route
+        for route in app.router.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods
+    }
+    ours = {"/", "/health", "/info", PREDICT_PATH, "/docs", "/redoc", "/docs/oauth2-redirect"}
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) not in ours]
+
+    app.add_api_route(
+        PREDICT_PATH,
+        theirs[(PREDICT_PATH, "POST")].endpoint,
+        operation_id="predict",
+        methods=["POST"],
+        dependencies=auth,
+        summary="Predict the emotion of one text or of a list of texts",
+        description='`{"text": ...}` is answered with one prediction, `{"texts": [...]}` with a list in '
+        f"the same order. The body is at most {MAX_BODY_BYTES} bytes, which holds the largest request the "
+        "schema allows even with every character \\u-escaped.",
+        response_description="one prediction for `text`, a list for `texts`",
+        responses={
+            200: {
+                "headers": {
+                    "Server-Timing": {
+                        "description": "the server's time for the request, e.g. `app;dur=8.2` (ms)",
+                        "schema": {"type": "string"},
+                    }
+                }
+            },
+            **_errors(400, 401, 408, 413, 415, 422, 500, 504, key_required=key),
+        },
+    )
+    litserve_health, litserve_index = theirs[("/health", "GET")].endpoint, theirs[("/", "GET")].endpoint
+
+    async def health(request: Request) -> PlainTextResponse:  # LitServe's answer, with its media type
+        answer = await litserve_health(request)
+        return PlainTextResponse(answer.body, status_code=answer.status_code)
+
+    async def index(request: Request) -> PlainTextResponse:
+        answer = await litserve_index(request)
+        return PlainTextResponse(answer.body, status_code=answer.status_code)
+
+    app.add_api_route(
+        "/health",
+        health,
+        operation_id="health",
+        methods=["GET"],
+        response_class=PlainTextResponse,
+        summary="Readiness: ok once every inference worker has loaded and warmed the model (no key)",
+        responses={200: _text("ready", enum=["ok"]), 503: _text("still loading", enum=["not ready"])},
+    )
+    app.add_api_route(
+        "/info",
+        theirs[("/info", "GET")].endpoint,
+        operation_id="info",
+        methods=["GET"],
+        dependencies=auth,
+        response_model=Info,
+        summary="The model, its variant and why, labels, metrics, limits, batching and server settings",
+        responses=_errors(401, key_required=key),
+    )
+    app.add_api_route(
+        "/metrics",
+        metrics_endpoint,
+        operation_id="metrics",
+        methods=["GET"],
+        dependencies=auth,
+        response_class=PlainTextResponse,
+        summary="Prometheus metrics (text exposition format)",
+        responses={200: _text("the metrics of every process, summed")} | _errors(401, key_required=key),
+    )
+    app.add_api_route(
+        "/",
+        index,
+        operation_id="index",
+        methods=["GET"],
+        dependencies=auth,
+        response_class=PlainTextResponse,
+        summary="LitServe's index",
+        responses={200: _text("`litserve running`")} | _errors(401, key_required=key),
+    )
+    page = ui_page()
+
+    async def ui() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    app.add_api_route(
+        UI_PATH,
+        ui,
+        operation_id="ui",
+        methods=["GET"],
+        response_class=HTMLResponse,
+        summary="A page to try the model in a browser (no key needed to load it; it asks for one)",
+        responses={200: {"description": "the page", "content": {"text/html": {"schema": TEXT}}}},
+    )
+    _install_docs(app)
+    app.openapi_schema = None
+
+
+def _install_docs(app: Any) -> None:
+    """/docs with Swagger UI from the swagger-ui-bundle wheel: no CDN. Without the wheel, a page that
+    says plainly that the interactive docs need it, and where the document is."""
+    assets = swagger_ui_dir()
+
+    async def docs() -> HTMLResponse:
+        if assets is None:
+            return HTMLResponse(
+                "<!doctype html><title>API docs</title><p>The interactive docs need the swagger-ui-bundle-v2 "
+                "package, which is not installed. The API document is at <a href='/openapi.json'>"
+                "/openapi.json</a>; try the model at <a href='/ui'>/ui</a>.</p>"
+            )
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="emotions_pl - API docs",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+        )
+
+    async def docs_asset(name: str) -> Response:
+        if assets is None or name not in DOCS_ASSETS:
+            raise HTTPException(404, "not found")
+        return FileResponse(assets / name)
+
+    app.add_api_route("/docs", docs, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/docs/assets/{name}", docs_asset, methods=["GET"], include_in_schema=False)
+
+
+# -- building and running the server -------------------------------------------------------------------
+
+
 def model_metadata(
     model_dir: str, variant: str, info: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -308,6 +661,7 @@ def model_metadata(
         "name": info.get("name", Path(model_dir).name),
         "path": str(Path(model_dir).resolve()),
         "variant": variant,
+        "variant_reason": getattr(args, "variant_reason", "chosen with --variant"),
         "labels": info["labels"],
         "max_length": info["max_length"],
         "metrics": info.get("metrics", {}),
@@ -317,20 +671,44 @@ def model_metadata(
             "max_texts": MAX_TEXTS,
             "max_body_bytes": MAX_BODY_BYTES,
         },
-        "batching": {"max_batch_size": args.max_batch_size, "batch_timeout": args.batch_timeout},
+        "batching": {
+            "max_batch_size": args.max_batch_size,
+            "batch_timeout": args.batch_timeout,
+            "threads": getattr(args, "resolved_threads", args.threads),
+            "workers": args.workers_per_device,
+        },
+        "api_key_required": bool(os.environ.get(args.api_key_env) if args.api_key_env else None),
     }
+
+
+def resolve_defaults(args: argparse.Namespace, info: dict[str, Any]) -> list[str]:
+    """Fill in ``--variant auto`` and the default threads; the sentences that say what was chosen and why."""
+    said = []
+    if args.variant == options.AUTO:
+        args.variant, args.variant_reason = options.choose_variant(args.model, info)
+        said.append(f"variant {args.variant} (auto): {args.variant_reason}")
+    else:
+        args.variant_reason = "chosen with --variant"
+    cores = options.available_cores()
+    if args.threads:
+        args.resolved_threads = args.threads
+    else:
+        args.resolved_threads = options.default_threads(cores, args.workers_per_device, args.variant)
+        said.append(
+            f"threads {args.resolved_threads} per inference worker (auto: {cores} cores, "
+            f"{args.workers_per_device} worker{'s' if args.workers_per_device > 1 else ''})"
+        )
+    return said
 
 
 def build_server(args: argparse.Namespace) -> ls.LitServer:
     info = read_info(args.model)
+    args.said = resolve_defaults(args, info)
     if not (Path(args.model) / VARIANT_FILES[args.variant]).is_file():
         raise ExportFolderError(
             f"{args.model}: no {VARIANT_FILES[args.variant]}; export with --{args.variant}."
         )
-    threads = args.threads or max(1, ((os.cpu_count() or 1) - 1) // args.workers_per_device)
-    api = EmotionAPI(
-        args.model, args.variant, args.max_batch_size, args.batch_timeout, args.api_key_env, threads
-    )
+    api = EmotionAPI(args.model, args.variant, args.max_batch_size, args.batch_timeout, args.resolved_threads)
     prediction_log = PredictionLog(args.log_dir, args.log_text, args.variant) if args.log_dir else None
     server = LitServer(
         api,
@@ -341,14 +719,17 @@ def build_server(args: argparse.Namespace) -> ls.LitServer:
         middlewares=[(GuardMiddleware, {"max_body_bytes": MAX_BODY_BYTES, "prediction_log": prediction_log})],
         fast_queue=args.fast_queue,
     )
-    server.app.add_exception_handler(RequestValidationError, validation_error)
-    server.app.add_api_route(
-        "/metrics",
-        metrics_endpoint,
-        methods=["GET"],
-        dependencies=[Depends(api.authorize)],
-        summary="Prometheus metrics",
+    server.app.title, server.app.version = "emotions_pl", _version()
+    server.app.description = (
+        "The emotion of a short English text (sadness, joy, love, anger, fear, surprise). "
+        + (
+            "Every route except /health and /ui needs the API key in X-API-Key."
+            if os.environ.get(args.api_key_env or "")
+            else "No API key is configured: no route needs one."
+        )
     )
+    server.app.add_exception_handler(RequestValidationError, validation_error)
+    install_routes(server, os.environ.get(args.api_key_env) if args.api_key_env else None)
     if prediction_log is not None:
         litserve_lifespan = server.app.router.lifespan_context
 
@@ -363,6 +744,15 @@ def build_server(args: argparse.Namespace) -> ls.LitServer:
 
         server.app.router.lifespan_context = lifespan
     return server
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("emotions-pl")
+    except PackageNotFoundError:
+        return "0"
 
 
 def _interrupt_on_sigterm(main_pid: int) -> None:
@@ -394,9 +784,11 @@ def serve(args: argparse.Namespace) -> int:
     _interrupt_on_sigterm(os.getpid())
     try:
         server = build_server(args)
+        for sentence in args.said:
+            print(sentence, flush=True)
         print(
-            f"serving {args.model} ({args.variant}) on http://{args.host}:{args.port} "
-            f"(docs at /docs, metrics at /metrics)",
+            f"serving {args.model} ({args.variant}, {args.resolved_threads} threads) on "
+            f"http://{args.host}:{args.port} (try it at /ui; docs at /docs, metrics at /metrics)",
             flush=True,
         )
         server.run(host=args.host, port=args.port, generate_client_file=False, log_level=args.log_level)

@@ -66,12 +66,21 @@ def _public(hparams: Any) -> dict[str, Any]:
 class RunSummary(Callback):
     """Writes ``<run>/run.json`` (``summary.py``) as ``fit`` ends; ``test`` adds its metrics to it.
 
-    The CLI adds it to every run, so the stages after ``fit`` never parse a logger's files.
+    The CLI adds it to every run, so the stages after ``fit`` never parse a logger's files. Its history
+    (validation metrics per epoch, the training loss) is callback state in every checkpoint, so a fit
+    resumed from ``last.ckpt`` writes the whole run, not only the part after the resume.
     """
 
     def __init__(self) -> None:
         self.epochs: list[dict[str, Any]] = []
         self.train_loss: list[list[float]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "train_loss": self.train_loss}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epochs = list(state_dict.get("epochs", []))
+        self.train_loss = list(state_dict.get("train_loss", []))
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
 from jsonargparse import DefaultHelpFormatter, Namespace
+from pytorch_lightning import Callback
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from emotions_pl.commands import COMMANDS, PROG
@@ -118,8 +120,13 @@ def parser_kwargs() -> dict[str, Any]:
     return {"parser_mode": "omegaconf", "prog": PROG, "formatter_class": HelpFormatter, **per_command}
 
 
-def run_cli(cli_class: type[EmotionsCLI] = EmotionsCLI) -> EmotionsCLI:
-    """Run the LightningCLI on ``sys.argv`` (``__main__`` puts the subcommand's arguments there)."""
+def run_cli(
+    cli_class: type[EmotionsCLI] = EmotionsCLI,
+    args: list[str] | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> EmotionsCLI:
+    """Run the LightningCLI on ``args``, or on ``sys.argv`` (``__main__`` puts the subcommand's arguments
+    there). ``callbacks`` join the trainer's (``tune``'s pruning) and stay out of the saved config."""
     return cli_class(
         EmotionClassifier,
         EmotionDataModule,
@@ -127,5 +134,6 @@ def run_cli(cli_class: type[EmotionsCLI] = EmotionsCLI) -> EmotionsCLI:
         save_config_kwargs={"overwrite": True},
         parser_kwargs=parser_kwargs(),
         parser_class=EmotionsArgumentParser,
-        trainer_defaults={"callbacks": [RunSummary()]},
+        trainer_defaults={"callbacks": [RunSummary(), *callbacks]},
+        args=args,
     )

@@ -1,0 +1,139 @@
+"""The server's defaults without a server: the variant it picks, its threads, how it collects a batch."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from emotions_pl.artifact.predictor import VARIANT_FILES
+from emotions_pl.serve import options
+
+
+def _folder(tmp_path: Path, accuracies: dict[str, float | None], present: tuple[str, ...] = ()) -> tuple:
+    present = present or tuple(accuracies)
+    for variant in present:
+        (tmp_path / VARIANT_FILES[variant]).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / VARIANT_FILES[variant]).write_bytes(b"")
+    info = {
+        "variants": {
+            v: ({"test": {"accuracy": a, "f1_macro": a}} if a is not None else {})
+            for v, a in accuracies.items()
+        }
+    }
+    return tmp_path, info
+
+
+@pytest.mark.parametrize(
+    ("accuracies", "chosen", "said"),
+    [
+        (
+            {"fp32": 0.9330, "onnx": 0.9330, "int8": 0.9305},
+            "int8",
+            "int8 is the fastest variant in the folder",
+        ),
+        ({"fp32": 0.9330, "onnx": 0.9330, "int8": 0.9280}, "int8", "(+0.50 points)"),  # exactly at the floor
+        ({"fp32": 0.9330, "onnx": 0.9330, "int8": 0.9200}, "onnx", "int8: 0.9200, 1.30 points below fp32"),
+        ({"fp32": 0.9330, "onnx": 0.9100, "int8": 0.9000}, "fp32", "no faster variant is within 0.5 points"),
+        ({"fp32": 0.9330, "onnx": None, "int8": 0.9400}, "int8", "better than fp32"),
+        ({"fp32": None, "onnx": 0.9330, "int8": 0.9330}, "fp32", "records no test accuracy per variant"),
+        ({"fp32": 0.9330, "int8": None, "onnx": 0.9330}, "onnx", "int8: no recorded accuracy"),
+    ],
+)
+def test_auto_variant_is_the_fastest_within_half_a_point(
+    tmp_path: Path, accuracies: dict, chosen: str, said: str
+) -> None:
+    folder, info = _folder(tmp_path, accuracies)
+    variant, why = options.choose_variant(folder, info)
+    if said == "better than fp32":
+        assert variant == chosen and "(-0.70 points)" in why
+        return
+    assert variant == chosen and said in why, why
+
+
+def test_auto_variant_skips_a_variant_whose_file_is_missing(tmp_path: Path) -> None:
+    folder, info = _folder(tmp_path, {"fp32": 0.93, "onnx": 0.93, "int8": 0.93}, present=("fp32", "onnx"))
+    assert options.choose_variant(folder, info)[0] == "onnx"
+
+
+def test_no_recorded_accuracies_fall_back_to_fp32_and_say_so(tmp_path: Path) -> None:
+    variant, why = options.choose_variant(*_folder(tmp_path, {"fp32": None, "int8": None}))
+    assert variant == "fp32" and "export with --data DIR" in why
+
+
+def test_default_threads_use_every_core_split_between_workers() -> None:
+    assert options.default_threads(2, 1, "int8") == 2
+    assert options.default_threads(2, 2, "fp32") == 1
+    assert options.default_threads(8, 3, "onnx") == 2
+    assert options.default_threads(1, 4, "int8") == 1
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "cap"), [("max 100000", None), ("150000 100000", 2), ("100000 100000", 1)]
+)
+def test_available_cores_honour_a_cgroup_quota(tmp_path: Path, cpu_max: str, cap: int | None) -> None:
+    (tmp_path / "cpu.max").write_text(cpu_max + "\n")
+    unlimited = options.available_cores(str(tmp_path / "missing"))
+    got = options.available_cores(str(tmp_path / "cpu.max"))
+    assert got == (unlimited if cap is None else min(unlimited, cap))
+
+
+def _loop_and_api(batch_timeout: float, max_batch_size: int = 8) -> tuple:
+    from emotions_pl.serve.server import OpportunisticLoop
+
+    loop = OpportunisticLoop()
+    loop._restart_workers = False
+    api = SimpleNamespace(batch_timeout=batch_timeout, max_batch_size=max_batch_size, request_timeout=30)
+    return loop, api
+
+
+def _item(uid: str) -> tuple:
+    return (0, uid, time.monotonic(), {"text": uid})
+
+
+def test_opportunistic_batching_takes_what_is_queued_without_waiting() -> None:
+    loop, api = _loop_and_api(batch_timeout=0.0, max_batch_size=3)
+    requests: queue.Queue = queue.Queue()
+    for uid in "abcd":
+        requests.put(_item(uid))
+    start = time.perf_counter()
+    payloads, timed_out = loop.get_batch_requests(api, requests, transport=None)
+    assert [uid for _, uid, _ in payloads] == ["a", "b", "c"] and timed_out == []  # capped at the batch size
+    payloads, _ = loop.get_batch_requests(api, requests, transport=None)
+    assert [uid for _, uid, _ in payloads] == ["d"]  # a lone request goes at once
+    assert time.perf_counter() - start < 0.05
+
+
+def test_opportunistic_batching_blocks_on_an_empty_queue_instead_of_spinning() -> None:
+    loop, api = _loop_and_api(batch_timeout=0.0)
+    requests: queue.Queue = queue.Queue()
+    threading.Timer(0.2, requests.put, args=(_item("late"),)).start()
+    cpu, start = time.process_time(), time.perf_counter()
+    payloads, _ = loop.get_batch_requests(api, requests, transport=None)
+    assert [uid for _, uid, _ in payloads] == ["late"]
+    assert 0.15 < time.perf_counter() - start < 1.0
+    assert time.process_time() - cpu < 0.05  # it slept in get(), it did not poll
+
+
+def test_a_batch_timeout_waits_for_more_only_after_the_first_request() -> None:
+    loop, api = _loop_and_api(batch_timeout=0.3)
+    requests: queue.Queue = queue.Queue()
+    requests.put(_item("first"))
+    threading.Timer(0.1, requests.put, args=(_item("second"),)).start()
+    start = time.perf_counter()
+    payloads, _ = loop.get_batch_requests(api, requests, transport=None)
+    assert [uid for _, uid, _ in payloads] == ["first", "second"]
+    assert 0.25 < time.perf_counter() - start < 1.0
+
+
+def test_a_request_that_waited_too_long_is_timed_out() -> None:
+    loop, api = _loop_and_api(batch_timeout=0.0)
+    api.request_timeout = 0.01
+    requests: queue.Queue = queue.Queue()
+    requests.put((0, "old", time.monotonic() - 1, {}))
+    payloads, timed_out = loop.get_batch_requests(api, requests, transport=None)
+    assert payloads == [] and timed_out == [(0, "old")]
