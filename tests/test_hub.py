@@ -208,6 +208,66 @@ def test_hosted_card_names_the_labels_and_the_split_config(hub: HubServer, api, 
     assert {f["split"]: f["path"] for f in config["data_files"]} == {s: f"split/{s}-*" for s in SPLITS}
 
 
+# -- the probe's fallback to a warm cache, in process (default suite) -------------------------------
+
+
+class Reached(Exception):
+    """``datasets.load_dataset`` was called: the probe let the load go on."""
+
+
+@pytest.fixture
+def hub_gone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """No hub at HF_ENDPOINT, an empty datasets cache, and a probe whose switch to the cache is recorded
+    instead of done (it would change this process's libraries for every later test)."""
+    import datasets
+
+    from emotions_pl.train import data
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    monkeypatch.setattr(sources, "_cache_only", [])
+    switched: list[str] = []
+
+    def use_cache_only(endpoint: str) -> None:
+        sources._cache_only.append(endpoint)
+        switched.append(endpoint)
+
+    def load_dataset(*args, **kwargs):
+        raise Reached
+
+    monkeypatch.setattr(sources, "use_cache_only", use_cache_only)
+
+    monkeypatch.setattr(data.datasets, "load_dataset", load_dataset)
+    return tmp_path / "datasets", switched
+
+
+def test_unreachable_hub_with_the_data_set_cached_goes_on_from_the_cache(hub_gone, capsys) -> None:
+    from emotions_pl.tables import load_splits
+
+    cache, switched = hub_gone
+    (cache / "dair-ai___emotion" / "split" / "0.0.0" / "0123abcd").mkdir(parents=True)  # a prepared copy
+    with pytest.raises(Reached):
+        load_splits(EMOTION_ID, LABELS)
+    with pytest.raises(Reached):
+        load_splits(EMOTION_ID, LABELS)  # the second load neither probes nor warns again
+    assert switched == ["http://127.0.0.1:9"]
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: cannot reach the Hugging Face hub (http://127.0.0.1:9); using the copies in the "
+        "Hugging Face cache (set HF_HUB_OFFLINE=1 to skip this check)."
+    ]
+
+
+def test_unreachable_hub_with_a_cold_cache_fails_in_one_sentence(hub_gone) -> None:
+    from emotions_pl.tables import load_splits
+
+    with pytest.raises(
+        sources.HubUnreachableError, match=r"not in the Hugging Face cache: pass a local folder"
+    ):
+        load_splits(EMOTION_ID, LABELS)
+    assert hub_gone[1] == []
+
+
 # -- the DVC data stage's hub path (default suite) --------------------------------------------------
 
 

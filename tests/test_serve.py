@@ -24,7 +24,7 @@ from emotions_pl.artifact.predictor import Predictor
 from emotions_pl.schema import LABELS
 from emotions_pl.serve import options
 from emotions_pl.serve.client import EmotionClient, EmotionServiceError
-from emotions_pl.serve.server import build_server
+from emotions_pl.serve.server import NOT_BLANK, build_server
 from helpers import Server
 
 pytestmark = pytest.mark.integration
@@ -88,6 +88,7 @@ BAD_INPUT = {
     "body not an object": ({"json": ["hello"]}, 422, "valid dictionary"),
     "empty text": ({"json": {"text": ""}}, 422, "empty or only whitespace"),
     "whitespace text": ({"json": {"text": " \n\t "}}, 422, "empty or only whitespace"),
+    "unicode white space": ({"json": {"text": "\u3000\ufeff\u00a0\u2028"}}, 422, "empty or only whitespace"),
     "whitespace item": ({"json": {"texts": ["fine", "   "]}}, 422, "empty or only whitespace"),
     "empty list": ({"json": {"texts": []}}, 422, "at least 1"),
     "text too long": (
@@ -225,16 +226,19 @@ def test_openapi_describes_request_and_response(server: Server) -> None:
     assert media["GET /ui"] == ["text/html"] and media["GET /info"] == ["application/json"]
     assert set(ops["GET /health"]["responses"]) == {"200", "503"}
     assert all("401" not in op["responses"] for op in ops.values())
-    # The request rules, as the validators enforce them.
-    request = schemas["PredictRequest"]
-    assert request["oneOf"] == [{"required": ["text"]}, {"required": ["texts"]}]
-    assert request["additionalProperties"] is False
-    text, texts = request["properties"]["text"], request["properties"]["texts"]
-    assert (
-        text["pattern"] == r"\S" and text["maxLength"] == options.MAX_TEXT_CHARS and text["type"] == "string"
-    )
+    # The request rules, as the validators enforce them: one of two closed shapes, non-blank, the limits.
+    assert schemas["PredictRequest"]["oneOf"] == [
+        {"$ref": "#/components/schemas/OneText"},
+        {"$ref": "#/components/schemas/ManyTexts"},
+    ]
+    one, many = schemas["OneText"], schemas["ManyTexts"]
+    assert one["required"] == ["text"] and many["required"] == ["texts"]
+    assert one["additionalProperties"] is False and many["additionalProperties"] is False
+    text, texts = one["properties"]["text"], many["properties"]["texts"]
+    assert text["type"] == "string" and text["pattern"] == NOT_BLANK
+    assert text["maxLength"] == options.MAX_TEXT_CHARS
     assert texts["maxItems"] == options.MAX_TEXTS and texts["minItems"] == 1
-    assert texts["items"]["pattern"] == r"\S" and texts["items"]["maxLength"] == options.MAX_TEXT_CHARS
+    assert texts["items"]["pattern"] == NOT_BLANK and texts["items"]["maxLength"] == options.MAX_TEXT_CHARS
 
 
 def test_the_largest_valid_request_fits_the_body_limit(server: Server) -> None:

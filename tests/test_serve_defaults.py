@@ -137,3 +137,32 @@ def test_a_request_that_waited_too_long_is_timed_out() -> None:
     requests.put((0, "old", time.monotonic() - 1, {}))
     payloads, timed_out = loop.get_batch_requests(api, requests, transport=None)
     assert payloads == [] and timed_out == [(0, "old")]
+
+
+@pytest.mark.parametrize(
+    ("text", "blank"),
+    [
+        ("", True),
+        (" \t\n\r\v\f", True),
+        ("\u3000\ufeff\u00a0\u2028\u200a", True),
+        ("\x1e", False),
+        ("\x85", False),
+        ("\u200b", False),
+        ("  ok ", False),
+    ],
+)
+def test_blank_means_json_schema_white_space(text: str, blank: bool) -> None:
+    """The server's "not blank" is the schema's pattern, as JSON Schema (ECMA-262) reads it."""
+    from emotions_pl.serve.server import _check_text
+
+    if blank:
+        with pytest.raises(ValueError, match="empty or only whitespace"):
+            _check_text(text)
+    else:
+        assert _check_text(text) == text
+
+
+def test_a_lone_surrogate_is_replaced_not_a_500() -> None:
+    from emotions_pl.serve.server import _check_text
+
+    assert _check_text("ok \ud800") == "ok ?"

@@ -1,4 +1,5 @@
-"""Reading labelled tables: split files (jsonl, csv, parquet) with row-numbered validation errors.
+"""Reading labelled tables: split files (jsonl, csv, parquet) with row-numbered validation errors, and
+the three splits of a data set from a folder or the hub (``load_splits``).
 
 The one reader for training data, the ``data`` stage, ``evaluate``, ``robustness`` and ``drift``
 (which also reads the server's jsonl prediction logs). A bad row is never dropped: the error names
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from emotions_pl import sources
 from emotions_pl.errors import UserError
-from emotions_pl.schema import label_index
+from emotions_pl.schema import SPLITS, label_index
 
 FORMATS = (".jsonl", ".csv", ".parquet")
 MAX_PROBLEMS_SHOWN = 10
@@ -111,3 +113,43 @@ def read_split(path: Path, label_names: Sequence[str], split: str = "test") -> t
     frame, offset = read_table(path)
     labels = validate_split(frame, str(path), label_names, offset)
     return frame["text"].tolist(), labels
+
+
+def load_splits(source: str, label_names: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """Load train/validation/test as frames with integer labels, from a local folder or a hub id."""
+    folder = Path(sources.resolve(source))
+    if folder.exists():
+        if not folder.is_dir():
+            raise DataValidationError(
+                f"{folder}: data source must be a folder with train/validation/test files."
+            )
+        tables = {}
+        for split in SPLITS:
+            path = find_split_file(folder, split)
+            frame, offset = read_table(path)
+            labels = validate_split(frame, str(path), label_names, offset)
+            tables[split] = pd.DataFrame({"text": frame["text"].tolist(), "label": labels})
+        return tables
+    sources.check_hub(
+        source,
+        "data set",
+        f"pass a local folder with --data.source or set {sources.DATA_DIR_ENV}",
+        repo_type="dataset",
+    )
+    import datasets  # the hub path only: local folders need no Arrow stack
+
+    hub = datasets.load_dataset(source)
+    names = hub["train"].features["label"].names
+    if list(names) != list(label_names):
+        raise DataValidationError(
+            f"{source}: the data set's labels {names} differ from data.label_names {list(label_names)}."
+        )
+    return {
+        split: pd.DataFrame(
+            {
+                "text": hub[split]["text"],
+                "label": validate_split(hub[split].to_pandas(), f"{source}[{split}]", label_names, 0),
+            }
+        )
+        for split in SPLITS
+    }

@@ -80,7 +80,16 @@ UI_PATH = "/ui"
 KNOWN_PATHS = {"/", PREDICT_PATH, "/health", "/info", "/metrics", "/docs", "/openapi.json", UI_PATH}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
-NOT_BLANK = r"\S"  # the schema's pattern; the server checks it with Python's re, as the fuzzers generate it
+# "Not blank": at least one character that is not white space as JSON Schema's regexes (ECMA-262) define it
+# (WhiteSpace and LineTerminator). Written as a class of literal characters, not ``\S``, because ``\s``
+# differs between engines (Python's also matches U+001C-U+001F and U+0085; Rust's misses U+FEFF): the
+# server, Schemathesis and any client-side validator then agree on every string.
+WHITE_SPACE = (
+    "\t\n\v\f\r \u00a0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + "\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+NOT_BLANK = f"[^{WHITE_SPACE}]"
 _NOT_BLANK = re.compile(NOT_BLANK)
 # Swagger UI's files, served from the swagger-ui-bundle wheel so /docs works offline.
 DOCS_ASSETS = {"swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"}
@@ -106,31 +115,55 @@ TEXT_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT_CHARS, "p
 Text = Annotated[str, Field(strict=True), AfterValidator(_check_text)]
 
 
-def _request_schema(json_schema: dict[str, Any]) -> None:
-    """What the validators enforce, in JSON Schema: exactly one field, non-blank texts, the limits."""
-    properties = json_schema["properties"]
-    properties["text"] = {
+def request_schemas() -> dict[str, dict[str, Any]]:
+    """What the validators enforce, in JSON Schema: exactly one of two shapes, non-blank texts, the limits.
+
+    The published ``PredictRequest`` is ``oneOf`` two closed objects, so fuzzers and client generators
+    see the rule (and typed clients get ``OneText | ManyTexts``); the pydantic model below validates
+    it with readable messages."""
+    text = {
         **TEXT_SCHEMA,
         "title": "Text",
-        "description": f"one text, 1 to {MAX_TEXT_CHARS} characters, not only whitespace; "
-        "answered with one prediction",
+        "description": f"one text, 1 to {MAX_TEXT_CHARS} characters, not only whitespace",
     }
-    properties["texts"] = {
+    texts = {
         "type": "array",
         "items": TEXT_SCHEMA,
         "minItems": 1,
         "maxItems": MAX_TEXTS,
         "title": "Texts",
-        "description": f"1 to {MAX_TEXTS} texts, each like `text`; answered with a list, in the same order",
+        "description": f"1 to {MAX_TEXTS} texts, each like `text`",
     }
-    json_schema["oneOf"] = [{"required": ["text"]}, {"required": ["texts"]}]
-    json_schema["examples"] = [{"text": "i feel great today"}, {"texts": ["so happy", "so sad"]}]
+    return {
+        "OneText": {
+            "type": "object",
+            "title": "OneText",
+            "description": "one text, answered with one prediction",
+            "properties": {"text": text},
+            "required": ["text"],
+            "additionalProperties": False,
+        },
+        "ManyTexts": {
+            "type": "object",
+            "title": "ManyTexts",
+            "description": "a list of texts, answered with a list of predictions in the same order",
+            "properties": {"texts": texts},
+            "required": ["texts"],
+            "additionalProperties": False,
+        },
+        "PredictRequest": {
+            "title": "PredictRequest",
+            "description": "exactly one of `text` (one prediction) or `texts` (a list, in the same order)",
+            "oneOf": [{"$ref": "#/components/schemas/OneText"}, {"$ref": "#/components/schemas/ManyTexts"}],
+            "examples": [{"text": "i feel great today"}, {"texts": ["so happy", "so sad"]}],
+        },
+    }
 
 
 class PredictRequest(BaseModel):
     """Exactly one of ``text`` (answered with one prediction) or ``texts`` (a list, in the same order)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_request_schema)
+    model_config = ConfigDict(extra="forbid")
     text: Text | None = None
     texts: Annotated[list[Text], Field(min_length=1, max_length=MAX_TEXTS)] | None = None
 
@@ -618,7 +651,17 @@ def install_routes(server: ls.LitServer, key_required_value: str | None) -> None
         responses={200: {"description": "the page", "content": {"text/html": {"schema": TEXT}}}},
     )
     _install_docs(app)
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = generate()
+            spec["components"]["schemas"].update(request_schemas())
+            app.openapi_schema = spec
+        return app.openapi_schema
+
     app.openapi_schema = None
+    app.openapi = openapi
 
 
 def _install_docs(app: Any) -> None:
@@ -639,6 +682,7 @@ def _install_docs(app: Any) -> None:
             swagger_js_url="/docs/assets/swagger-ui-bundle.js",
             swagger_css_url="/docs/assets/swagger-ui.css",
             swagger_favicon_url="/docs/assets/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io
         )
 
     async def docs_asset(name: str) -> Response:

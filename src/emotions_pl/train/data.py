@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,45 +17,10 @@ from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
 
 from emotions_pl import sources
 from emotions_pl.files import publish_dir, staging_dir
-from emotions_pl.schema import LABELS, SPLITS
-from emotions_pl.tables import DataValidationError, find_split_file, read_table, validate_split
+from emotions_pl.schema import LABELS
+from emotions_pl.tables import DataValidationError, load_splits
 
 CACHE_ENV = "EMOTIONS_CACHE_DIR"
-
-
-def load_splits(source: str, label_names: Sequence[str]) -> dict[str, pd.DataFrame]:
-    """Load train/validation/test as frames with integer labels, from a local folder or a hub id."""
-    folder = Path(sources.resolve(source))
-    if folder.exists():
-        if not folder.is_dir():
-            raise DataValidationError(
-                f"{folder}: data source must be a folder with train/validation/test files."
-            )
-        tables = {}
-        for split in SPLITS:
-            path = find_split_file(folder, split)
-            frame, offset = read_table(path)
-            labels = validate_split(frame, str(path), label_names, offset)
-            tables[split] = pd.DataFrame({"text": frame["text"].tolist(), "label": labels})
-        return tables
-    sources.check_hub(
-        source, "data set", f"pass a local folder with --data.source or set {sources.DATA_DIR_ENV}"
-    )
-    hub = datasets.load_dataset(source)
-    names = hub["train"].features["label"].names
-    if list(names) != list(label_names):
-        raise DataValidationError(
-            f"{source}: the data set's labels {names} differ from data.label_names {list(label_names)}."
-        )
-    return {
-        split: pd.DataFrame(
-            {
-                "text": hub[split]["text"],
-                "label": validate_split(hub[split].to_pandas(), f"{source}[{split}]", label_names, 0),
-            }
-        )
-        for split in SPLITS
-    }
 
 
 def fingerprint(*parts: Any) -> str:
@@ -116,6 +80,7 @@ class EmotionDataModule(pl.LightningDataModule):
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.splits: dict[str, datasets.Dataset] = {}
         self.cache_hits: dict[str, bool] = {}
+        self._prepared: dict[str, pd.DataFrame] | None = None  # prepare_data's download, for setup
 
     @property
     def source(self) -> str:
@@ -139,16 +104,19 @@ class EmotionDataModule(pl.LightningDataModule):
         return AutoTokenizer.from_pretrained(sources.resolve(name))
 
     def prepare_data(self) -> None:
-        """Download once per node (hub sources); local folders need nothing."""
+        """Download once per node (hub sources); local folders need nothing. ``setup`` in the same
+        process reuses what was loaded here instead of asking the hub a second time."""
         if not sources.is_local(self.source):
-            load_splits(self.source, self.label_names)
-        self.load_tokenizer()
+            self._prepared = load_splits(self.source, self.label_names)
+        self.tokenizer = self.load_tokenizer()
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        self.tokenizer = self.load_tokenizer()
-        tables = load_splits(self.source, self.label_names)
+        if self.tokenizer is None:
+            self.tokenizer = self.load_tokenizer()
+        tables = self._prepared or load_splits(self.source, self.label_names)
+        self._prepared = None
         tok_id = fingerprint(type(self.tokenizer).__name__, self.tokenizer.backend_tokenizer.to_str())
         for split, frame in tables.items():
             key = fingerprint(

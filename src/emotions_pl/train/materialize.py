@@ -3,7 +3,7 @@
 The DVC ``data`` stage. Whatever the source (a hub id, a local folder of jsonl/csv/parquet files, a
 ``package:`` folder), the pipeline then reads the same validated ``{split}.jsonl`` files with integer
 labels, so every later stage, and DVC's hash of them, sees exactly what training saw. Reading goes
-through ``data.load_splits``: bad rows fail here with the same message the trainer would give.
+through ``tables.load_splits``: bad rows fail here with the same message the trainer would give.
 The report (counts per split and label, text lengths) is small enough for ``dvc metrics show``.
 """
 
@@ -23,7 +23,7 @@ from emotions_pl.commands import tool_parser
 from emotions_pl.errors import UserError
 from emotions_pl.files import atomic_write_text, publish_dir, staging_dir
 from emotions_pl.schema import LABELS, SPLITS
-from emotions_pl.train.data import load_splits
+from emotions_pl.tables import load_splits
 
 
 def length_stats(values: pd.Series) -> dict[str, float]:

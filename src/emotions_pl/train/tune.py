@@ -271,12 +271,16 @@ def open_storage(url: str) -> Any:
     last: Exception | None = None
     for attempt in range(3):
         try:
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=180
-            )
-        except sqlalchemy.exc.OperationalError as error:  # two workers creating the tables at once
+            with warnings.catch_warnings():  # heartbeats: stale trials of a dead worker are failed
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=180
+                )
+        except sqlalchemy.exc.OperationalError as error:
             last = error
-            time.sleep(1 + attempt)
+            if not any(word in str(error) for word in ("already exists", "locked")):
+                break
+            time.sleep(1 + attempt)  # two workers creating the tables at once
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
             last = error
             break
@@ -335,24 +339,31 @@ def check_space_flags(space: Space, config: Any) -> None:
             raise UserError(f"{space.path}: params.{key} is not a fit flag{hint}")
 
 
-def check_one_device(config: Any) -> None:
+def one_device_args(config: Any, fit_args: list[str]) -> list[str]:
+    """Each trial runs in this process on one device (a DDP launch would start tune again in every
+    rank): ``--trainer.devices=1`` unless the fit flags name a single device themselves."""
     trainer = config.trainer
     devices = trainer.devices
-    single = devices in (1, "1") or (isinstance(devices, list | tuple) and len(devices) == 1)
+    explicit = any(a == "--trainer.devices" or a.startswith("--trainer.devices=") for a in fit_args)
+    single = not explicit or devices in (1, "1") or (isinstance(devices, list | tuple) and len(devices) == 1)
     if not single or trainer.num_nodes != 1:
         raise UserError(
             f"tune runs each trial in its own process on one device (got trainer.devices={trainer.devices}, "
             f"num_nodes={trainer.num_nodes}); start one tune worker per device instead"
         )
+    return [] if explicit else ["--trainer.devices=1"]
 
 
-def best_config(text: str, trial_dir: str, run_dir: Path, precision: Any) -> str:
-    """A trial's resolved config as a starting point for ``fit``: its run folder becomes ``run_dir``
-    and the paths the CLI filled from the trial's folder are unset again (filled from ``run_dir``)."""
+def best_config(text: str, trial_dir: str, run_dir: Path, base: Any) -> str:
+    """A trial's resolved config as a starting point for ``fit``: its run folder becomes ``run_dir``,
+    the paths the CLI filled from the trial's folder are unset again (filled from ``run_dir``), and
+    devices and precision are the experiment's again (tune ran on one device; null precision is
+    resolved per machine, bf16 on capable GPUs)."""
     config = yaml.safe_load(text)
     trainer = config.get("trainer") or {}
     trainer["default_root_dir"] = str(run_dir)
-    trainer["precision"] = precision  # null = resolved per machine (bf16 on capable GPUs)
+    trainer["devices"] = base.trainer.devices
+    trainer["precision"] = base.trainer.precision
     for callback in trainer.get("callbacks") or []:
         init_args = callback.get("init_args") if isinstance(callback, dict) else None
         for key, value in (init_args or {}).items():
@@ -475,7 +486,7 @@ def _counts(study: Any) -> dict[str, int]:
     return counts
 
 
-def write_best(study: Any, space: Space, study_dir: Path, precision: Any) -> tuple[Path, Any] | None:
+def write_best(study: Any, space: Space, study_dir: Path, base: Any) -> tuple[Path, Any] | None:
     """Write the best finished trial's config to ``<study dir>/best.yaml``; (path, trial), or None
     while no trial has finished."""
     from optuna.trial import TrialState
@@ -494,7 +505,7 @@ def write_best(study: Any, space: Space, study_dir: Path, precision: Any) -> tup
         f"# params: {json.dumps(best.params)}\n"
         f"# emotions-pl fit --config {path}\n"
     )
-    text = best_config(best.user_attrs["config"], best.user_attrs["run_dir"], study_dir / "best", precision)
+    text = best_config(best.user_attrs["config"], best.user_attrs["run_dir"], study_dir / "best", base)
     atomic_write_text(path, header + text)
     return path, best
 
@@ -510,8 +521,7 @@ def run(args: argparse.Namespace) -> int:
     fit_args = list(args.fit_args)
     if fit_args[:1] == ["--"]:
         fit_args = fit_args[1:]
-    base_args = [arg for config in args.config for arg in ("--config", config)]
-    base_args += ["--trainer.devices=1", *fit_args]
+    config_args = [arg for config in args.config for arg in ("--config", config)]
     points = [check_point(space, _point(text), f"--enqueue {text}") for text in args.enqueue]
 
     args.study_name = args.study_name or space.path.stem
@@ -520,8 +530,8 @@ def run(args: argparse.Namespace) -> int:
     if args.storage is None:
         study_dir.mkdir(parents=True, exist_ok=True)
 
-    base = parse_fit(base_args)  # a bad --config or fit flag fails here, as fit would
-    check_one_device(base)
+    base = parse_fit([*config_args, *fit_args])  # a bad --config or fit flag fails here, as fit would
+    base_args = [*config_args, *one_device_args(base, fit_args), *fit_args]
     check_space_flags(space, base)
     storage = open_storage(url)
     seed, worker, how = worker_seed(args.seed, args.worker_index)
@@ -578,12 +588,12 @@ def run(args: argparse.Namespace) -> int:
 
     def after_trial(study: Any, trial: Any) -> None:
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            write_best(study, space, study_dir, base.trainer.precision)
+            write_best(study, space, study_dir, base)
 
     study.optimize(objective, n_trials=args.n_trials, timeout=args.timeout, callbacks=[after_trial])
     counts = _counts(study)
     print("tune: study now " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
-    written = write_best(study, space, study_dir, base.trainer.precision)
+    written = write_best(study, space, study_dir, base)
     if written is None:
         print("tune: no trial has finished yet; no best config")
         return 0
