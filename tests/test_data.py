@@ -12,8 +12,8 @@ import torch
 
 from emotions_pl import sources
 from emotions_pl.schema import LABELS
-from emotions_pl.tables import DataValidationError, read_split
-from emotions_pl.train.data import EmotionDataModule, load_splits
+from emotions_pl.tables import DataValidationError, load_splits, read_split
+from emotions_pl.train.data import EmotionDataModule
 
 
 def write_split(folder: Path, split: str, rows: list[dict], fmt: str = "jsonl") -> Path:
