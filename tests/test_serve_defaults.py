@@ -166,3 +166,15 @@ def test_a_lone_surrogate_is_replaced_not_a_500() -> None:
     from emotions_pl.serve.server import _check_text
 
     assert _check_text("ok \ud800") == "ok ?"
+
+
+def test_the_page_is_package_data() -> None:
+    """Every file of serve/ui/ matches a package-data glob, so an installed wheel has the page."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    package = root / "src" / "emotions_pl"
+    files = [p.relative_to(package).as_posix() for p in (package / "serve" / "ui").iterdir()]
+    assert files and all(any(fnmatch.fnmatch(f, g) for g in globs["emotions_pl"]) for f in files), files

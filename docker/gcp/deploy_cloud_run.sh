@@ -15,11 +15,14 @@ TAG="${TAG:-latest}"
 SERVICE="${SERVICE:-emotions-serve}"
 IMAGE="${REGION}-docker.pkg.dev/${PROJECT_ID}/${REPOSITORY}/serve:${TAG}"
 
-# Batching: each inference worker runs batches of up to MAX_BATCH_SIZE texts, waiting at most
-# BATCH_TIMEOUT seconds for one to fill. Cloud Run's per-instance concurrency lets one batch run while
-# the next fills -- more only queues, fewer leaves batches half empty.
+# Batching (the server's defaults): each inference worker takes every request queued when it finishes a
+# batch, up to MAX_BATCH_SIZE, and never waits for one to fill (BATCH_TIMEOUT 0). Cloud Run's
+# per-instance concurrency of 2 x batch x workers keeps one full batch running and the next one queued
+# -- more only queues inside the instance (latency), fewer leaves batches half empty. Past that Cloud Run
+# adds instances; it also scales on CPU, which a busy instance uses fully (the worker's threads are the
+# instance's vCPUs: the server reads the cgroup quota). docker/k8s/serve.yaml uses the same flags.
 MAX_BATCH_SIZE="${MAX_BATCH_SIZE:-16}"
-BATCH_TIMEOUT="${BATCH_TIMEOUT:-0.01}"
+BATCH_TIMEOUT="${BATCH_TIMEOUT:-0}"
 WORKERS="${WORKERS:-1}"
 CONCURRENCY=$((MAX_BATCH_SIZE * WORKERS * 2))
 # 2 vCPU / 4 GiB: PyTorch and one fp32 DistilBERT-size model per worker, with room for a second worker.

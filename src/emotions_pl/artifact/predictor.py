@@ -75,9 +75,17 @@ class Predictor:
 
     @classmethod
     def from_folder(
-        cls, model_dir: str | Path, variant: str = "fp32", num_threads: int | None = None
+        cls,
+        model_dir: str | Path,
+        variant: str = "fp32",
+        num_threads: int | None = None,
+        spin_wait: bool = True,
     ) -> Predictor:
-        """Load an export folder for ``variant``: ``fp32`` (PyTorch), ``onnx`` or ``int8`` (ONNX Runtime)."""
+        """Load an export folder for ``variant``: ``fp32`` (PyTorch), ``onnx`` or ``int8`` (ONNX Runtime).
+
+        ``spin_wait=False`` stops ONNX Runtime's intra-op threads from spinning between operators: on a
+        machine whose cores are shared (the server's HTTP process, other programs) a spinning thread
+        takes the CPU the others need (docs/serving.md, "Defaults")."""
         from transformers import AutoTokenizer
 
         model_dir = Path(model_dir)
@@ -108,6 +116,8 @@ class Predictor:
         options = ort.SessionOptions()
         if num_threads:
             options.intra_op_num_threads = num_threads
+        if not spin_wait:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(weights), options, providers=["CPUExecutionProvider"])
 
         def forward(chunk: dict[str, Any]) -> np.ndarray:

@@ -329,7 +329,8 @@ class EmotionAPI(ls.LitAPI):
 
         hf_logging.disable_progress_bar()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C hits the group; the main process stops workers
-        self.predictor = Predictor.from_folder(self.model_dir, self.variant, self.num_threads)
+        spin = os.environ.get("EMOTIONS_SPIN", "1") == "1"  # TEMP: measurement switch
+        self.predictor = Predictor.from_folder(self.model_dir, self.variant, self.num_threads, spin)
         self.predictor.predict(["warm up the kernels before /health says ok"])
         for label in self.predictor.labels:
             metrics().labels.labels(label)
