@@ -329,8 +329,11 @@ class EmotionAPI(ls.LitAPI):
 
         hf_logging.disable_progress_bar()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C hits the group; the main process stops workers
-        spin = os.environ.get("EMOTIONS_SPIN", "1") == "1"  # TEMP: measurement switch
-        self.predictor = Predictor.from_folder(self.model_dir, self.variant, self.num_threads, spin)
+        # No spin-waiting between operators (ONNX Runtime here, OpenMP through OMP_WAIT_POLICY, set by
+        # serve()): the HTTP process shares the cores and needs them while the model runs.
+        self.predictor = Predictor.from_folder(
+            self.model_dir, self.variant, self.num_threads, spin_wait=False
+        )
         self.predictor.predict(["warm up the kernels before /health says ok"])
         for label in self.predictor.labels:
             metrics().labels.labels(label)
@@ -826,6 +829,9 @@ def serve(args: argparse.Namespace) -> int:
     """Run the server until Ctrl+C or SIGTERM (``options.run`` checks the flags first)."""
     metrics_dir = tempfile.mkdtemp(prefix="emotions-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before any process creates a metric
+    # PyTorch's OpenMP threads sleep instead of spinning when idle (read when a worker starts OpenMP):
+    # spinning, two threads on two shared cores served fp32 at a tenth of the speed (docs/serving.md).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _interrupt_on_sigterm(os.getpid())
     try:
         server = build_server(args)
