@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -122,7 +123,7 @@ def run_server_bench(
     concurrency: list[int] | None = None,
 ) -> tuple[list[dict[str, Any]], str]:
     """Start ``command --model M --port P SERVER_ARGS``, load it at each concurrency level, stop it with
-    SIGINT (checked: exit 0, no process left, no traceback). Returns the rows and the server's log."""
+    SIGTERM (checked: exit 0, no process left, no traceback). Returns the rows and the server's log."""
     server = Server(args.model, log_dir / f"{name}.log", *server_args, command=command, ready_timeout=300)
     rows = []
     try:
@@ -137,7 +138,12 @@ def run_server_bench(
             )
             rows.append(row)
     finally:
-        server.stop()
+        try:
+            server.stop(signal.SIGTERM)  # a background job (nohup, &) ignores SIGINT
+        except (AssertionError, subprocess.TimeoutExpired) as error:  # reported, not fatal to the report
+            print(f"  {name}: the server did not stop cleanly: {str(error)[:300]}", flush=True)
+            for row in rows:
+                row["stop_error"] = str(error)[:300]
     return rows, server.log()
 
 
@@ -170,19 +176,22 @@ def baseline_server(model: str, port: int, threads: int | None) -> None:
 
 
 def bare_worker(model: str, variant: str, threads: int, texts: list[str], seconds: float) -> dict[str, Any]:
-    """Texts/s of the project's Predictor (tokenize + model, as the server's worker does) at batch 1 and
-    batch 32, single test texts, ``threads`` intra-op threads. Runs in its own process."""
+    """Texts/s of the project's Predictor at batch 1 and batch 32 (random single test texts), as the server's
+    worker runs them: tokenize + model, length-sorted chunks of ``BATCH_CHUNK``, ``threads`` intra-op
+    threads, no spin-waiting. Runs in its own process."""
     from emotions_pl.artifact.predictor import Predictor
 
-    predictor = Predictor.from_folder(model, variant, threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the server sets it (before torch starts OpenMP)
+    predictor = Predictor.from_folder(model, variant, threads, spin_wait=False)
+    chunk = options.BATCH_CHUNK[variant]  # the server's worker runs a batch in length-sorted chunks
     rng = random.Random(0)
     predictor.predict(texts[:64])  # warm up
     out: dict[str, Any] = {"variant": variant, "threads": threads}
     for batch in (1, 32):
         done, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
-            chunk = rng.sample(texts, batch)
-            predictor.run(predictor.encode(chunk))
+            texts_in = rng.sample(texts, batch)
+            predictor.run(predictor.encode(texts_in, chunk))
             done += batch
         out[f"batch{batch}_texts_per_s"] = round(done / (time.perf_counter() - start), 1)
     out["bound_texts_per_s"] = max(out["batch1_texts_per_s"], out["batch32_texts_per_s"])

@@ -10,6 +10,9 @@ whatever else is queued, up to ``--max-batch-size``, and runs it; it never waits
 unless ``--batch-timeout`` asks it to. Under load the queue fills while the model runs, so batches grow
 by themselves.
 
+A batch's texts are sorted by length and run in small chunks (``options.BATCH_CHUNK``), so padding to the
+longest text of a large batch does not cost more than batching saves.
+
 The routes are LitServe's endpoints re-registered with what they really do (``install_routes``), so
 ``/openapi.json`` is the contract: security only when a key is configured, every status code with its
 JSON error model, the real media types, and the request rules (exactly one of ``text``/``texts``, not
@@ -25,6 +28,7 @@ import functools
 import json
 import logging
 import multiprocessing as mp
+import multiprocessing.queues
 import os
 import re
 import secrets
@@ -50,6 +54,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from litserve.loops import BatchedLoop
 from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
+from litserve.transport.process_transport import MPQueueTransport
 from litserve.utils import LitAPIStatus, LoopResponseType
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -345,7 +350,7 @@ class EmotionAPI(ls.LitAPI):
         texts = [text for request_texts, _ in inputs for text in request_texts]
         metrics().batch_requests.observe(len(inputs))
         metrics().batch_texts.observe(len(texts))
-        return self.predictor.encode(texts), [
+        return self.predictor.encode(texts, options.BATCH_CHUNK[self.variant]), [
             (len(request_texts), single) for request_texts, single in inputs
         ]
 
@@ -701,6 +706,35 @@ def _install_docs(app: Any) -> None:
 # -- building and running the server -------------------------------------------------------------------
 
 
+class _Pipe(mp.queues.Queue):
+    """A ``multiprocessing.Queue`` that never makes its process wait at exit for unsent items: a server
+    that stops drops what is in flight, instead of hanging on a pipe nobody reads any more."""
+
+    def __init__(self) -> None:
+        super().__init__(ctx=mp.get_context("spawn"))  # the workers are spawned; they get it as an argument
+        self.cancel_join_thread()
+
+    def __setstate__(self, state: Any) -> None:
+        super().__setstate__(state)
+        self.cancel_join_thread()
+
+
+class EmotionServer(LitServer):
+    """LitServer whose request and response queues are pipes (``multiprocessing.Queue``), not proxies
+    into its manager process: each request crossed the manager four times (put, get, put, get), each a
+    round trip through a third process competing for the same cores. The manager still holds the
+    workers' status and the shutdown event. With ``--fast-queue`` responses go through ZeroMQ instead.
+    """
+
+    def _init_manager(self, num_api_servers: int) -> Any:
+        manager = super()._init_manager(num_api_servers)
+        for path in self.litapi_request_queues:
+            self.litapi_request_queues[path] = _Pipe()
+        if not self.use_zmq:
+            self._transport = MPQueueTransport(manager, [_Pipe() for _ in range(num_api_servers)])
+        return manager
+
+
 def model_metadata(
     model_dir: str, variant: str, info: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -758,7 +792,7 @@ def build_server(args: argparse.Namespace) -> ls.LitServer:
         )
     api = EmotionAPI(args.model, args.variant, args.max_batch_size, args.batch_timeout, args.resolved_threads)
     prediction_log = PredictionLog(args.log_dir, args.log_text, args.variant) if args.log_dir else None
-    server = LitServer(
+    server = EmotionServer(
         api,
         accelerator="cpu",
         workers_per_device=args.workers_per_device,
