@@ -53,19 +53,26 @@ def shared_data() -> Path:
 
 
 def run_module(
-    *args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None = None
+    *args: str,
+    cwd: Path = REPO,
+    timeout: float = 600,
+    env: dict | None = None,
+    environ: dict | None = None,
+    expect: int = 0,
 ) -> subprocess.CompletedProcess:
-    """Run ``python -m emotions_pl ARGS`` as a user would; fail the test with its output if it fails."""
+    """Run ``python -m emotions_pl ARGS`` as a user would; fail the test with its output unless it exits
+    ``expect``. ``env`` adds to this process's environment; ``environ`` replaces it."""
     proc = subprocess.run(
         [sys.executable, "-m", "emotions_pl", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env=environ if environ is not None else {**os.environ, **(env or {})},
     )
-    assert proc.returncode == 0, (
-        f"emotions_pl {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert proc.returncode == expect, (
+        f"emotions_pl {' '.join(args)}: exit {proc.returncode}, expected {expect}:\n"
+        f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     )
     return proc
 

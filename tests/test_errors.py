@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_module
 from emotions_pl.__main__ import main
 
 SMOKE = ("--config", "configs/experiment/smoke.yaml", "--trainer.max_epochs", "1")
@@ -20,15 +20,7 @@ SMOKE = ("--config", "configs/experiment/smoke.yaml", "--trainer.max_epochs", "1
 
 def fails_cleanly(*args: str, env: dict | None = None) -> str:
     """Run the entry point; assert exit 2 and a short error; return that error."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "emotions_pl", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", **(env or {})},
-    )
-    assert proc.returncode == 2, f"{args}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
+    proc = run_module(*args, env={"HF_ENDPOINT": "http://127.0.0.1:9", **(env or {})}, expect=2, timeout=300)
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, proc.stderr[-3000:]

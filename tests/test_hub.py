@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import REPO, SHARED_DATA
+from conftest import SHARED_DATA, run_module
 from emotions_pl import sources
 from emotions_pl.schema import LABELS, SPLITS
 from helpers.hub import EMOTION_ID, MINILM_ID, SPLIT_FILES, HubRepo, HubServer, build_emotion_repo
@@ -98,22 +97,10 @@ def hub_env(hub: HubServer, home: Path, **extra: str) -> dict[str, str]:
 
 
 def cli(*args: str, env: dict[str, str], expect: int = 0) -> tuple[subprocess.CompletedProcess, float]:
-    """``python -m emotions_pl ARGS``; assert its exit code; return it and its wall time."""
+    """``python -m emotions_pl ARGS`` in exactly ``env``; assert its exit code; return it and its time."""
     start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "emotions_pl", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    elapsed = time.monotonic() - start
-    assert proc.returncode == expect, (
-        f"emotions_pl {' '.join(args)}: exit {proc.returncode}, expected {expect}\n"
-        f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    )
-    return proc, elapsed
+    proc = run_module(*args, environ=env, expect=expect, timeout=900)
+    return proc, time.monotonic() - start
 
 
 def rows(folder: Path, split: str) -> list[tuple[str, int]]:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import run_module
 from emotions_pl import tables
 from emotions_pl.artifact import export
 from emotions_pl.artifact.predictor import Predictor
@@ -80,25 +78,24 @@ def test_re_exporting_the_same_checkpoint_is_always_allowed(tmp_path: Path) -> N
     assert export.promotion(folder, _info("same"))["decision"] == "re-export of the same checkpoint"
 
 
-def test_cli_refuses_a_worse_model_with_exit_1_and_keeps_the_folder(
-    exported_dir: Path, smoke_ckpt: Path, tmp_path: Path
-) -> None:
-    """The folder holds a model with a (better) recorded test score; the smoke checkpoint has none."""
+def _holding_a_better_model(exported_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the smoke export that claims another checkpoint with test macro-F1 0.95."""
     output = tmp_path / "model"
     shutil.copytree(exported_dir, output)
     info = json.loads((output / "export_info.json").read_text())
     info["source_checkpoint"]["sha256"] = "0" * 64
     info["metrics"]["test"] = {"test/f1_macro": 0.95}
     (output / "export_info.json").write_text(json.dumps(info))
+    return output
+
+
+def test_cli_refuses_a_worse_model_with_exit_1_and_keeps_the_folder(
+    exported_dir: Path, smoke_ckpt: Path, tmp_path: Path
+) -> None:
+    """The folder holds a model with a (better) recorded test score; the smoke checkpoint has none."""
+    output = _holding_a_better_model(exported_dir, tmp_path)
     before = (output / "export_info.json").read_bytes()
-    proc = subprocess.run(
-        [sys.executable, "-m", "emotions_pl", "export", "--ckpt", str(smoke_ckpt), "--output", str(output)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 1, proc.stdout + proc.stderr
+    proc = run_module("export", "--ckpt", str(smoke_ckpt), "--output", str(output), expect=1)
     assert (
         proc.stderr.startswith("error: ")
         and "holds a model with a recorded test f1_macro (0.9500" in proc.stderr
@@ -111,12 +108,7 @@ def test_cli_refuses_a_worse_model_with_exit_1_and_keeps_the_folder(
 def test_forced_export_scores_every_variant_and_records_what_it_replaced(
     exported_dir: Path, smoke_ckpt: Path, sample_dir: Path, tmp_path: Path
 ) -> None:
-    output = tmp_path / "model"
-    shutil.copytree(exported_dir, output)
-    info = json.loads((output / "export_info.json").read_text())
-    info["source_checkpoint"]["sha256"] = "0" * 64
-    info["metrics"]["test"] = {"test/f1_macro": 0.95}
-    (output / "export_info.json").write_text(json.dumps(info))
+    output = _holding_a_better_model(exported_dir, tmp_path)
 
     new = export.export(smoke_ckpt, output, int8=True, data=sample_dir, force=True)
     written = json.loads((output / "export_info.json").read_text())

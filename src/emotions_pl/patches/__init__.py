@@ -1,7 +1,8 @@
 """Workarounds for third-party libraries, one module each, named for what they patch.
 
 - ``cls_only``: transformers 5.23 BERT / DistilBERT layers -- the last layer computes only [CLS].
-- ``litserve``: LitServe 0.2.19 -- its worker monitor races its own shutdown.
+- ``litserve``: LitServe 0.2.19 -- queues as pipes instead of manager proxies; its worker monitor
+  races its own shutdown.
 
 Each says the version it was written against; its tests fail when a new version changes what it relies on.
 """

@@ -28,7 +28,6 @@ import functools
 import json
 import logging
 import multiprocessing as mp
-import multiprocessing.queues
 import os
 import re
 import secrets
@@ -54,11 +53,10 @@ from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from litserve.loops import BatchedLoop
 from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
-from litserve.transport.process_transport import MPQueueTransport
 from litserve.utils import LitAPIStatus, LoopResponseType
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from emotions_pl import schema
+from emotions_pl import __version__, schema
 from emotions_pl.artifact.predictor import (
     VARIANT_FILES,
     Encoded,
@@ -706,35 +704,6 @@ def _install_docs(app: Any) -> None:
 # -- building and running the server -------------------------------------------------------------------
 
 
-class _Pipe(mp.queues.Queue):
-    """A ``multiprocessing.Queue`` that never makes its process wait at exit for unsent items: a server
-    that stops drops what is in flight, instead of hanging on a pipe nobody reads any more."""
-
-    def __init__(self) -> None:
-        super().__init__(ctx=mp.get_context("spawn"))  # the workers are spawned; they get it as an argument
-        self.cancel_join_thread()
-
-    def __setstate__(self, state: Any) -> None:
-        super().__setstate__(state)
-        self.cancel_join_thread()
-
-
-class EmotionServer(LitServer):
-    """LitServer whose request and response queues are pipes (``multiprocessing.Queue``), not proxies
-    into its manager process: each request crossed the manager four times (put, get, put, get), each a
-    round trip through a third process competing for the same cores. The manager still holds the
-    workers' status and the shutdown event. With ``--fast-queue`` responses go through ZeroMQ instead.
-    """
-
-    def _init_manager(self, num_api_servers: int) -> Any:
-        manager = super()._init_manager(num_api_servers)
-        for path in self.litapi_request_queues:
-            self.litapi_request_queues[path] = _Pipe()
-        if not self.use_zmq:
-            self._transport = MPQueueTransport(manager, [_Pipe() for _ in range(num_api_servers)])
-        return manager
-
-
 def model_metadata(
     model_dir: str, variant: str, info: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -792,7 +761,7 @@ def build_server(args: argparse.Namespace) -> ls.LitServer:
         )
     api = EmotionAPI(args.model, args.variant, args.max_batch_size, args.batch_timeout, args.resolved_threads)
     prediction_log = PredictionLog(args.log_dir, args.log_text, args.variant) if args.log_dir else None
-    server = EmotionServer(
+    server = LitServer(
         api,
         accelerator="cpu",
         workers_per_device=args.workers_per_device,
@@ -801,7 +770,7 @@ def build_server(args: argparse.Namespace) -> ls.LitServer:
         middlewares=[(GuardMiddleware, {"max_body_bytes": MAX_BODY_BYTES, "prediction_log": prediction_log})],
         fast_queue=args.fast_queue,
     )
-    server.app.title, server.app.version = "emotions_pl", _version()
+    server.app.title, server.app.version = "emotions_pl", __version__
     server.app.description = (
         "The emotion of a short English text (sadness, joy, love, anger, fear, surprise). "
         + (
@@ -826,15 +795,6 @@ def build_server(args: argparse.Namespace) -> ls.LitServer:
 
         server.app.router.lifespan_context = lifespan
     return server
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("emotions-pl")
-    except PackageNotFoundError:
-        return "0"
 
 
 def _interrupt_on_sigterm(main_pid: int) -> None:
