@@ -73,6 +73,7 @@ NON_TRAINING = [
     "emotions_pl.serve.server",
     "emotions_pl.artifact.export",
     "emotions_pl.artifact.checkpoint",
+    "emotions_pl.artifact.prune",
     "emotions_pl.monitor.evaluate",
     "emotions_pl.monitor.robustness",
 ]

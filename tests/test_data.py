@@ -223,3 +223,76 @@ def test_collator_pads_per_batch_and_keeps_texts(sample_dir, minilm_dir, tmp_pat
     assert batch["input_ids"].shape[1] == int(batch["attention_mask"].sum(1).max())
     assert batch["text"] == dm.splits["test"]["text"][:4]
     assert batch["labels"].dtype == torch.long
+
+
+def test_a_folder_of_shards_is_one_split_and_a_bad_row_names_its_shard(sample_dir, tmp_path) -> None:
+    """``train-*.jsonl`` shards read as one split in name order; an error names the shard and its line."""
+    folder = copy_sample(sample_dir, tmp_path / "shards")
+    rows = sample_rows(sample_dir, "train")
+    (folder / "train.jsonl").unlink()
+    write_split(folder, "train-00000", rows)
+    write_split(folder, "train-00001", rows[::-1])
+    tables = load_splits(str(folder), LABELS)
+    assert tables["train"]["text"].tolist() == [r["text"] for r in rows + rows[::-1]]
+    write_split(folder, "train-00001", [*rows[:5], {"text": "i feel odd", "label": 7}, *rows[5:]])
+    with pytest.raises(DataValidationError, match=r"train-00001\.jsonl: 1 bad row\(s\): row 6: label 7 is"):
+        load_splits(str(folder), LABELS)
+    write_split(folder, "train-00002", rows, "parquet")
+    with pytest.raises(DataValidationError, match=r"'train' split is ambiguous"):
+        load_splits(str(folder), LABELS)
+
+
+def test_blank_lines_and_mixed_label_types_in_jsonl(sample_dir, tmp_path) -> None:
+    """A blank line is refused by number (Arrow alone would skip it and shift every later row); labels
+    given by name on some lines and by index on others are read row by row, as before."""
+    folder = copy_sample(sample_dir, tmp_path / "mixed")
+    rows = sample_rows(sample_dir, "train")
+    mixed = [
+        {"text": r["text"], "label": LABELS[r["label"]] if i % 2 else r["label"]} for i, r in enumerate(rows)
+    ]
+    write_split(folder, "train", mixed)
+    assert load_splits(str(folder), LABELS)["train"]["label"].tolist() == [r["label"] for r in rows]
+    write_split(folder, "train", [*mixed[:2], {"text": "i feel odd", "label": "3"}, *mixed[3:]])
+    with pytest.raises(
+        DataValidationError, match=r"train\.jsonl: 1 bad row\(s\): row 3: label '3' is not one"
+    ):
+        load_splits(str(folder), LABELS)  # a digit string is not an index in JSON, as before
+    write_split(folder, "train", mixed)
+    path = folder / "train.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines[:4], "  ", *lines[4:]]) + "\n")
+    with pytest.raises(DataValidationError, match=r"train\.jsonl line 5: blank line"):
+        load_splits(str(folder), LABELS)
+
+
+def test_every_bad_row_of_a_large_split_is_counted(sample_dir, tmp_path) -> None:
+    """Bad rows in several map batches: the count covers all of them, the first ten are named."""
+    folder = copy_sample(sample_dir, tmp_path / "many")
+    rows = sample_rows(sample_dir, "train") * 600  # > 2 map batches
+    for i in (3, 12_345, 25_000):
+        rows[i] = {"text": "", "label": 0}
+    write_split(folder, "train", rows)
+    with pytest.raises(
+        DataValidationError, match=r"train\.jsonl: 3 bad row\(s\): row 4: .*row 12346: .*row 25001: "
+    ):
+        load_splits(str(folder), LABELS)
+
+
+def test_token_ids_equal_the_tokenizer_call_on_real_rows(
+    shared_data, minilm_dir, tmp_path, tokenizer
+) -> None:
+    """The map's ids (the Rust tokenizer, Arrow lists) equal ``tokenizer(texts, truncation=True)`` (what
+    the module fed the model before it read through ``datasets``), mask included, on the real train."""
+    folder = tmp_path / "real"
+    folder.mkdir()
+    for split in ("train", "validation", "test"):
+        shutil.copy(shared_data / f"{split}.jsonl", folder / f"{split}.jsonl")
+    dm = make_dm(folder, minilm_dir, tmp_path, max_length=32)
+    dm.setup("fit")
+    train = dm.splits["train"].to_dict()
+    expected = tokenizer(train["text"], truncation=True, max_length=32)
+    assert train["input_ids"] == expected["input_ids"]
+    assert train["attention_mask"] == expected["attention_mask"]
+    assert train["labels"] == [json.loads(line)["label"] for line in (folder / "train.jsonl").open()]
+    lengths = dm.lengths("train")
+    assert lengths.tolist() == [len(ids) for ids in expected["input_ids"]] and lengths.max() == 32

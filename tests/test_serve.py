@@ -176,6 +176,8 @@ def test_health_info_and_metrics(server: Server, exported_dir: Path) -> None:
         "max_text_chars": options.MAX_TEXT_CHARS,
         "max_texts": options.MAX_TEXTS,
         "max_body_bytes": options.MAX_BODY_BYTES,
+        "max_explain_texts": options.MAX_EXPLAIN_TEXTS,
+        "explain_queue": options.EXPLAIN_QUEUE,
     }
 
     before = _metrics(server.url)
@@ -211,7 +213,15 @@ def test_openapi_describes_request_and_response(server: Server) -> None:
     schemas = spec["components"]["schemas"]
     assert {"label", "score", "scores"} <= schemas["Prediction"]["properties"].keys()
     ops = _operations(spec)
-    assert set(ops) == {"POST /predict", "GET /health", "GET /info", "GET /metrics", "GET /", "GET /ui"}
+    assert set(ops) == {
+        "POST /predict",
+        "POST /explain",
+        "GET /health",
+        "GET /info",
+        "GET /metrics",
+        "GET /",
+        "GET /ui",
+    }
     assert "securitySchemes" not in spec.get("components", {})
     assert not any("security" in op for op in ops.values())
     predict = ops["POST /predict"]

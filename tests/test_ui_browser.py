@@ -98,6 +98,31 @@ def test_the_page_predicts_and_shows_errors(browser: object, page_server: Server
     page.close()
 
 
+def test_the_page_explains_by_shading_the_words(browser: object, page_server: Server, tmp_path: Path) -> None:
+    page = _open(browser, page_server.url)
+    text = "  i feel happy!! happy 😊, really?\n\ttruly  "
+    page.get_by_label("Text").fill(text)
+    page.get_by_role("button", name="Explain", exact=True).click()
+    page.wait_for_selector("#explanation .w")
+    # The shaded view is the text itself: spacing, punctuation, emoji and the repeated word intact.
+    assert page.eval_on_selector("#explanation", "e => e.textContent") == text
+    words = page.eval_on_selector_all(
+        "#explanation .w", "els => els.map(e => [e.textContent, e.dataset.attribution, e.className])"
+    )
+    assert [w for w, _, _ in words] == text.split()
+    values = [float(a) for _, a, _ in words]
+    assert all(("against" in cls) == (value < 0) for (_, _, cls), value in zip(words, values, strict=True))
+    assert page.inner_text("#label").strip().lower() in page.inner_text(
+        "#explain-note"
+    )  # the label explained
+    assert page.locator("#bars li").count() == 6  # the prediction is shown too
+    page.screenshot(path=str(tmp_path / "ui-explain.png"), full_page=True)
+    page.get_by_role("button", name="Predict", exact=True).click()  # a plain prediction hides the old view
+    page.wait_for_selector("#explain-box", state="hidden")
+    assert page.offsite == []
+    page.close()
+
+
 def test_the_page_asks_for_the_key_and_sends_it(browser: object, exported_dir: Path, tmp_path: Path) -> None:
     srv = Server(
         exported_dir, tmp_path / "server.log", "--variant", "int8", env={"LIT_SERVER_API_KEY": "s3cret"}

@@ -3,13 +3,17 @@
 ``METRICS`` is the list: the model logs each as ``val/<name>`` and ``test/<name>`` (synchronised
 across DDP ranks by torchmetrics), and ``report`` computes the same objects on a finished set of
 predictions. Add a metric here and every stage reports it.
+
+``calibration`` (ECE, MCE, Brier, NLL, a bootstrap interval for ECE) and ``reliability_bins`` (the
+reliability diagram's data) score probabilities rather than labels: ``evaluate`` and the model card use them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics import Metric, MetricCollection
@@ -20,6 +24,12 @@ from torchmetrics.classification import (
     MulticlassPrecision,
     MulticlassRecall,
 )
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+# Equal-width bins of the top score (ECE, MCE, the reliability diagram); bootstrap of the ECE interval.
+CALIBRATION_BINS = 15
+BOOTSTRAP_SAMPLES = 1000
+BOOTSTRAP_SEED = 0
 
 # name -> (torchmetrics class, its keyword arguments). A class with no examples or predictions scores 0.
 METRICS: dict[str, tuple[type[Metric], dict[str, Any]]] = {
@@ -75,3 +85,86 @@ def report(probs: Any, targets: Any, label_names: Sequence[str], prefix: str = "
         "per_class": table,
         "confusion": confusion,
     }
+
+
+def softmax64(logits: Any) -> np.ndarray:
+    """Probabilities in float64, so that a confident wrong answer's NLL is not cut at float32's floor."""
+    return torch.softmax(_as_tensor(logits, torch.float64), -1).numpy()
+
+
+def _ece(probs: torch.Tensor, targets: torch.Tensor, norm: Literal["l1", "max"]) -> float:
+    n = probs.shape[1]
+    return float(multiclass_calibration_error(probs, targets, n, CALIBRATION_BINS, norm, validate_args=False))
+
+
+def resample_indices(n: int, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED) -> torch.Tensor:
+    """``[samples, n]`` row indices drawn with replacement, seeded: the bootstrap's resamples."""
+    return torch.randint(0, n, (samples, n), generator=torch.Generator().manual_seed(seed))
+
+
+def bootstrap_ece(probs: Any, targets: Any, indices: torch.Tensor) -> np.ndarray:
+    """ECE of each resample (a row of ``indices``), all at once: torchmetrics' bins (equal width, a
+    top score of exactly 1.0 in a bin of its own) with one ``scatter_add`` instead of a call per resample."""
+    probs = _as_tensor(probs, torch.float64)
+    targets = _as_tensor(targets, torch.long)
+    confidence, predicted = probs.max(1)
+    edges = torch.linspace(0, 1, CALIBRATION_BINS + 1, dtype=torch.float64)
+    bins = torch.bucketize(confidence, edges, right=True) - 1  # 0..CALIBRATION_BINS
+    gap = (predicted == targets).to(torch.float64) - confidence  # per text: correct minus confidence
+    sums = torch.zeros(len(indices), CALIBRATION_BINS + 1, dtype=torch.float64)
+    sums.scatter_add_(1, bins[indices], gap[indices])
+    return (sums.abs().sum(1) / indices.shape[1]).numpy()
+
+
+def calibration(
+    probs: Any, targets: Any, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED
+) -> dict[str, float]:
+    """How far the top score is from the chance of being right, for probabilities ``[n, classes]``.
+
+    ``ece``: the bin-size weighted mean of |accuracy - mean confidence| over ``CALIBRATION_BINS``
+    equal-width bins of the top score (torchmetrics, norm l1); ``mce``: the largest such gap (norm
+    max); ``ece_low``/``ece_high``: the 2.5 and 97.5 percentiles of ECE over ``samples`` bootstrap
+    resamples of the texts (seeded: the same inputs give the same interval); ``brier``: the mean over
+    texts of the squared distance between the probabilities and the one-hot truth (summed over classes,
+    0 to 2); ``nll``: the mean of -log p(true class); ``acc``: top-1 accuracy.
+    """
+    probs = _as_tensor(probs, torch.float64)
+    targets = _as_tensor(targets, torch.long)
+    onehot = F.one_hot(targets, probs.shape[1]).to(torch.float64)
+    resampled = bootstrap_ece(probs, targets, resample_indices(len(targets), samples, seed))
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    return {
+        "ece": _ece(probs, targets, "l1"),
+        "ece_low": float(low),
+        "ece_high": float(high),
+        "mce": _ece(probs, targets, "max"),
+        "brier": float(((probs - onehot) ** 2).sum(1).mean()),
+        "nll": float(F.nll_loss(probs.clamp_min(1e-300).log(), targets)),
+        "acc": float((probs.argmax(1) == targets).to(torch.float64).mean()),
+    }
+
+
+def reliability_bins(probs: Any, targets: Any) -> list[dict[str, Any]]:
+    """Per equal-width bin of the top score: its bounds, size, mean confidence and accuracy (``None``
+    when empty). The bins ECE sums over, except that a score of exactly 1.0 falls in the last bin here
+    (torchmetrics gives it a bin of its own)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    targets = np.asarray(targets)
+    confidence, correct = probs.max(1), probs.argmax(1) == targets
+    edges = np.linspace(0.0, 1.0, CALIBRATION_BINS + 1)
+    index = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, CALIBRATION_BINS - 1)
+    rows = []
+    for b in range(CALIBRATION_BINS):
+        inside = index == b
+        count = int(inside.sum())
+        rows.append(
+            {
+                "bin": b,
+                "lower": float(edges[b]),
+                "upper": float(edges[b + 1]),
+                "count": count,
+                "confidence": float(confidence[inside].mean()) if count else None,
+                "accuracy": float(correct[inside].mean()) if count else None,
+            }
+        )
+    return rows

@@ -17,6 +17,7 @@ from emotions_pl.errors import UserError
 
 PACKAGE_PREFIX = "package:"
 DATA_DIR_ENV = "EMOTIONS_DATA_DIR"
+CACHE_ENV = "EMOTIONS_CACHE_DIR"
 
 
 class SourceError(UserError):
@@ -46,6 +47,12 @@ def resolve(name_or_path: str) -> str:
     if not folder.exists():
         raise SourceError(f"{name_or_path!r}: {folder} does not exist.")
     return str(folder)
+
+
+def cache_home() -> Path:
+    """The project's cache folder (tokenized splits, teacher logits): ``$EMOTIONS_CACHE_DIR``, else
+    ``~/.cache/emotions_pl``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "emotions_pl")
 
 
 def is_local(name_or_path: str) -> bool:

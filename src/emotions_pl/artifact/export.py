@@ -2,9 +2,12 @@
 
 The folder is built next to its destination and renamed into place only after every variant has
 passed its parity check against the checkpoint, so a server never loads half an artifact. With
-``--data DIR`` every variant is also scored on the test split (accuracy, macro-F1: what ``serve`` reads
-to choose its default variant). The promotion gate refuses to replace a folder that holds a better
-model (by recorded test metrics) unless ``--force``; what was replaced, and why, is recorded.
+``--data DIR`` a temperature is fitted on the validation split and folded into the classifier head
+before anything is written (``calibration.py``: every variant's scores are calibrated), and every
+variant is scored on the test split (accuracy, macro-F1: what ``serve`` reads to choose its default
+variant; calibration before and after; slices). The promotion gate refuses to replace a folder that
+holds a better model (by recorded test metrics) unless ``--force``; what was replaced, and why, is
+recorded.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import numpy as np
 import torch
 import yaml
 
-from emotions_pl.artifact import checkpoint
+from emotions_pl import slices
+from emotions_pl.artifact import calibration, checkpoint
 from emotions_pl.artifact.predictor import INFO_FILE, MODEL_INPUTS, VARIANT_FILES, Predictor
 from emotions_pl.commands import tool_parser
 from emotions_pl.errors import CheckFailed
@@ -175,8 +179,56 @@ def check_parity(
     return result
 
 
-def score_variants(folder: Path, variants: list[str], data: Path, labels: list[str]) -> dict[str, Any]:
-    """Accuracy and macro-F1 of each variant on the test split, through the Predictor the server uses."""
+def calibrate(fit: checkpoint.FitCheckpoint, data: Path | None) -> dict[str, Any]:
+    """Fit T on the validation split of the ``data`` folder with the checkpoint's fp32 logits and fold
+    it into ``fit.model``; the record for export_info. Without a data folder nothing is folded (T = 1).
+    Raises ``ExportError`` if the folded model's logits are not the old ones over T, or a label moved."""
+    from emotions_pl import tables
+
+    if data is None or not data.is_dir():
+        why = (
+            "no --data" if data is None else f"--data {data} is a file, not a folder with a validation split"
+        )
+        print(f"calibration: {why}; nothing folded (T = 1)")
+        return {"temperature": 1.0, "fitted_on": None, "folded": False, "note": f"{why}: scores are raw"}
+    path = tables.find_split_file(data, "validation")
+    texts, targets = tables.read_split(path, fit.labels, "validation")
+    logits = fit.predictor().predict_logits(texts)
+    temperature = calibration.fit_temperature(logits, targets)
+    before = fit.predictor().predict_logits(PARITY_TEXTS)
+    module = calibration.fold_temperature(fit.model, temperature, len(fit.labels))
+    after = fit.predictor().predict_logits(PARITY_TEXTS)
+    diff = float(np.abs(after - before / temperature).max())
+    if diff > MAX_LOGIT_DIFF or not (after.argmax(-1) == before.argmax(-1)).all():
+        raise ExportError(
+            f"folding T = {temperature:.4f} into {module} changed the labels or logits (max {diff})"
+        )
+    record = {
+        "temperature": temperature,
+        "fitted_on": "validation",
+        "folded": True,
+        "folded_into": f"{module}.weight, {module}.bias",
+        "method": "LBFGS on log T minimising validation NLL (fp32 logits of the checkpoint)",
+        "data": str(path.resolve()),
+        "sha256": sha256(path),
+        "n": len(texts),
+        "nll_before": calibration.nll(logits, targets),
+        "nll_after": calibration.nll(logits, targets, temperature),
+        "argmax_unchanged": True,  # checked above on the parity texts; logits / T > 0 cannot reorder
+    }
+    print(
+        f"calibration: T = {temperature:.4f} on {len(texts)} validation texts, NLL "
+        f"{record['nll_before']:.4f} -> {record['nll_after']:.4f}; folded into {module}"
+    )
+    return record
+
+
+def score_variants(
+    folder: Path, variants: list[str], data: Path, labels: list[str], temperature: float = 1.0
+) -> dict[str, Any]:
+    """Accuracy and macro-F1 of each variant on the test split, through the Predictor the server uses;
+    calibration of its scores as exported (``after``) and with T undone (``before``: logits x T), and
+    the slices (``slices.py``)."""
     from emotions_pl import metrics, tables
 
     path = tables.find_split_file(data, "test") if data.is_dir() else data
@@ -185,8 +237,9 @@ def score_variants(folder: Path, variants: list[str], data: Path, labels: list[s
     scored = {}
     for variant in variants:
         start = time.perf_counter()
-        predicted = Predictor.from_folder(folder, variant).predict_proba(texts).argmax(-1)
+        logits = Predictor.from_folder(folder, variant).predict_logits(texts)
         seconds = time.perf_counter() - start
+        predicted = logits.argmax(-1)
         values = metrics.scores(predicted, targets, len(labels))
         scored[variant] = {
             "data": str(path.resolve()),
@@ -195,10 +248,16 @@ def score_variants(folder: Path, variants: list[str], data: Path, labels: list[s
             "accuracy": round(values["acc"], 6),
             "f1_macro": round(values["f1_macro"], 6),
             "texts_per_s": round(len(texts) / seconds, 1),  # this machine, at export time: for the record
+            "calibration": {
+                stage: {k: round(v, 6) for k, v in metrics.calibration(metrics.softmax64(z), targets).items()}
+                for stage, z in (("before", logits * temperature), ("after", logits))
+            },
+            "slices": slices.table(texts, predicted, targets, len(labels)),
         }
+        after = scored[variant]["calibration"]["after"]
         print(
-            f"test  {variant:>5}: accuracy {values['acc']:.4f}, macro-F1 {values['f1_macro']:.4f} "
-            f"on {len(texts)} texts of {path}"
+            f"test  {variant:>5}: accuracy {values['acc']:.4f}, macro-F1 {values['f1_macro']:.4f}, "
+            f"ECE {after['ece']:.4f} on {len(texts)} texts of {path}"
         )
     return scored
 
@@ -272,6 +331,55 @@ def promotion(output: Path, info: dict[str, Any], force: bool = False) -> dict[s
 
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def calibration_section(record: dict[str, Any], tested: dict[str, Any]) -> list[str]:
+    """The card's calibration part: T, where it was fitted, and test ECE / MCE / Brier / NLL per variant."""
+    lines = ["", "## Calibration", ""]
+    if not record.get("folded"):
+        return [*lines, f"Not temperature-scaled ({record.get('note', 'exported before calibration')})."]
+    lines.append(
+        f"Temperature T = {record['temperature']:.4f}, fitted by NLL on the {record['fitted_on']} split "
+        f"({record['n']} texts: NLL {record['nll_before']:.4f} -> {record['nll_after']:.4f}) and folded "
+        f"into `{record['folded_into']}`, so every variant and a plain `pipeline` return calibrated "
+        "scores; the labels are unchanged."
+    )
+    rows = {n: t["calibration"] for n, t in tested.items() if t.get("calibration")}
+    if rows:
+        lines += [
+            "",
+            "Test split, before (raw softmax) -> after scaling; ECE over 15 equal-width bins with its "
+            "bootstrap 95 % interval:",
+            "",
+            "| variant | ECE | ECE 95 % | MCE | Brier | NLL | accuracy |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, c in rows.items():
+            b, a = c["before"], c["after"]
+            lines.append(
+                f"| {name} | {b['ece']:.4f} -> {a['ece']:.4f} | [{a['ece_low']:.4f}, {a['ece_high']:.4f}] | "
+                f"{b['mce']:.4f} -> {a['mce']:.4f} | {b['brier']:.4f} -> {a['brier']:.4f} | "
+                f"{b['nll']:.4f} -> {a['nll']:.4f} | {a['acc']:.4f} |"
+            )
+    return lines
+
+
+def slice_section(tested: dict[str, Any]) -> list[str]:
+    """The card's per-slice table (test split): size, and accuracy / macro-F1 per variant."""
+    scored = {n: {r["slice"]: r for r in t["slices"]} for n, t in tested.items() if t.get("slices")}
+    if not scored:
+        return []
+    first = next(iter(scored.values()))
+    header = "| slice | n | " + " | ".join(f"{n} acc | {n} macro-F1" for n in scored) + " |"
+    lines = ["", "## Test split per slice", "", header, "|---|---|" + "---|---|" * len(scored)]
+    for name, row in first.items():
+        cells = [
+            f"{_fmt(v[name]['acc'])} | {_fmt(v[name]['f1_macro'])}" if v[name]["n"] else "- | -"
+            for v in scored.values()
+        ]
+        size = f"{row['n']} (< {slices.MIN_SIZE}: small)" if row["small"] else str(row["n"])
+        lines.append(f"| {name}: {row['description']} | {size} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def model_card(
@@ -355,6 +463,8 @@ def model_card(
             "|---|---|---|",
         ]
         lines += [f"| {n} | {t['accuracy']:.4f} | {t['f1_macro']:.4f} |" for n, t in tested.items()]
+    lines += calibration_section(info.get("calibration") or {}, tested)
+    lines += slice_section(tested)
     replaced = info.get("replaced")
     if replaced:
         previous = replaced["previous"]
@@ -389,6 +499,7 @@ def export(
         candidate = {"source_checkpoint": {"sha256": sha256(ckpt_path)}, "metrics": fit.metrics()}
         promotion(output, candidate, force)
     tokenizer.model_max_length = fit.max_length  # pipeline(..., truncation=True) then cuts where training did
+    calibrated = calibrate(fit, data)  # before anything is written: every variant then carries 1/T
     reference = reference_logits(fit.predictor())
 
     tmp = staging_dir(output)
@@ -409,8 +520,11 @@ def export(
             },
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "metrics": fit.metrics(),
+            "calibration": calibrated,
             "variants": {},
         }
+        if getattr(model.config, "pruning", None):  # fine-tuned from a `prune` folder: what was cut
+            info["pruning"] = model.config.pruning
         atomic_write_text(tmp / INFO_FILE, json.dumps(info, indent=2))  # Predictor reads it for parity
         wanted = ["fp32"] + (["onnx"] if onnx or int8 else []) + (["int8"] if int8 else [])
         for variant in wanted:
@@ -421,7 +535,9 @@ def export(
             parity = check_parity(tmp, variant, reference, max_diff, min_int8_agreement)
             info["variants"][variant] = {"path": VARIANT_FILES[variant], "parity": parity}
         if data is not None:
-            for variant, scored in score_variants(tmp, wanted, data, labels).items():
+            for variant, scored in score_variants(
+                tmp, wanted, data, labels, calibrated["temperature"]
+            ).items():
                 info["variants"][variant]["test"] = scored
         replaced = promotion(output, info, force)
         if replaced is not None:

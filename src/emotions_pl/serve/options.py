@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from emotions_pl.artifact.explain import DEFAULT_STEPS, MAX_STEPS
 from emotions_pl.artifact.predictor import VARIANT_FILES
 from emotions_pl.commands import tool_parser
 from emotions_pl.errors import UserError
@@ -38,6 +39,10 @@ MAX_ACCURACY_LOSS_POINTS = 0.5
 # own longest text. On MiniLM-L6, 2 cores, 32 random test texts: int8 2.5x faster in chunks of 4 than as
 # one padded batch (and faster than one text at a time), fp32 1.6x in chunks of 8 (docs/serving.md).
 BATCH_CHUNK = {"int8": 4, "onnx": 4, "fp32": 8}
+# /explain: a request holds 1 to MAX_EXPLAIN_TEXTS texts; at most --explain-queue requests are admitted
+# (running or waiting), the next is answered 429. They run one at a time on one thread of the HTTP process.
+MAX_EXPLAIN_TEXTS = 8
+EXPLAIN_QUEUE = 8
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-dir", help="write per-text prediction records (rotating jsonl) here")
     p.add_argument("--log-text", action="store_true", help="include the raw text in the prediction log")
+    p.add_argument(
+        "--explain-queue",
+        type=int,
+        default=EXPLAIN_QUEUE,
+        help=f"/explain requests admitted at once, running or waiting (default {EXPLAIN_QUEUE}); more: 429",
+    )
+    p.add_argument(
+        "--explain-steps",
+        type=int,
+        default=DEFAULT_STEPS,
+        help=f"integration steps per explanation (default {DEFAULT_STEPS})",
+    )
     p.add_argument("--fast-queue", action="store_true", help="ZeroMQ between HTTP and inference processes")
     p.add_argument(
         "--log-level", default="warning", help="uvicorn/LitServe log level (info logs every request)"
@@ -155,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--max-batch-size and --workers-per-device must be >= 1, --batch-timeout >= 0.")
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be >= 1.")
+    if args.explain_queue < 1 or not 1 <= args.explain_steps <= MAX_STEPS:
+        raise UserError(f"--explain-queue must be >= 1, --explain-steps between 1 and {MAX_STEPS}.")
     if not os.path.isdir(args.model):
         raise UserError(f"--model {args.model}: no such export folder.")
     from emotions_pl.serve.server import serve

@@ -3,7 +3,8 @@
 Process layout (LitServe): the main process forks the HTTP server(s) and spawns the inference
 worker(s). Requests are validated in the HTTP process (pydantic, content type, size, API key), so a
 bad request is a 4xx there and never reaches -- or fails -- a batch. Prometheus metrics from all
-processes meet in a multiprocess directory that ``/metrics`` aggregates.
+processes meet in a multiprocess directory that ``/metrics`` aggregates. ``/explain`` runs in one more
+process per HTTP server, at the lowest CPU priority, behind its own bounded queue (``ExplainQueue``).
 
 Batching is opportunistic (``OpportunisticLoop``): a worker blocks until a request arrives, then takes
 whatever else is queued, up to ``--max-batch-size``, and runs it; it never waits for a batch to fill
@@ -35,13 +36,14 @@ import shutil
 import signal
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 from itertools import pairwise
 from pathlib import Path
 from queue import Empty
 from types import SimpleNamespace
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import litserve as ls
 import numpy as np
@@ -72,6 +74,7 @@ from emotions_pl.serve.options import (
     BODY_DEADLINE_S,
     DISCARD_BYTES,
     MAX_BODY_BYTES,
+    MAX_EXPLAIN_TEXTS,
     MAX_TEXT_CHARS,
     MAX_TEXTS,
 )
@@ -79,8 +82,20 @@ from emotions_pl.serve.predlog import PredictionLog
 
 OPEN_PATHS = {"/health", "/ui"}  # probes and the page itself carry no secrets; the page's calls carry the key
 PREDICT_PATH = "/predict"
+EXPLAIN_PATH = "/explain"
 UI_PATH = "/ui"
-KNOWN_PATHS = {"/", PREDICT_PATH, "/health", "/info", "/metrics", "/docs", "/openapi.json", UI_PATH}
+KNOWN_PATHS = {
+    "/",
+    PREDICT_PATH,
+    EXPLAIN_PATH,
+    "/health",
+    "/info",
+    "/metrics",
+    "/docs",
+    "/openapi.json",
+    UI_PATH,
+}
+BODY_PATHS = {PREDICT_PATH, EXPLAIN_PATH}  # POST routes whose JSON body the guard reads (415 / 413 / 408)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 # "Not blank": at least one character that is not white space as JSON Schema's regexes (ECMA-262) define it
@@ -118,12 +133,13 @@ TEXT_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT_CHARS, "p
 Text = Annotated[str, Field(strict=True), AfterValidator(_check_text)]
 
 
-def request_schemas() -> dict[str, dict[str, Any]]:
+def request_schemas(labels: list[str]) -> dict[str, dict[str, Any]]:
     """What the validators enforce, in JSON Schema: exactly one of two shapes, non-blank texts, the limits.
 
     The published ``PredictRequest`` is ``oneOf`` two closed objects, so fuzzers and client generators
     see the rule (and typed clients get ``OneText | ManyTexts``); the pydantic model below validates
-    it with readable messages."""
+    it with readable messages. ``ExplainRequest`` is the same with at most ``MAX_EXPLAIN_TEXTS`` texts
+    and an optional ``label`` (one of the model's ``labels``)."""
     text = {
         **TEXT_SCHEMA,
         "title": "Text",
@@ -137,7 +153,44 @@ def request_schemas() -> dict[str, dict[str, Any]]:
         "title": "Texts",
         "description": f"1 to {MAX_TEXTS} texts, each like `text`",
     }
+    label = {
+        "type": "string",
+        "enum": labels,
+        "title": "Label",
+        "description": "explain this label instead of the predicted one",
+    }
+    explain_texts = {
+        **texts,
+        "maxItems": MAX_EXPLAIN_TEXTS,
+        "description": f"1 to {MAX_EXPLAIN_TEXTS} texts, each like `text`",
+    }
     return {
+        "OneTextToExplain": {
+            "type": "object",
+            "title": "OneTextToExplain",
+            "description": "one text, answered with one explanation",
+            "properties": {"text": text, "label": label},
+            "required": ["text"],
+            "additionalProperties": False,
+        },
+        "ManyTextsToExplain": {
+            "type": "object",
+            "title": "ManyTextsToExplain",
+            "description": "a list of texts, answered with a list of explanations in the same order",
+            "properties": {"texts": explain_texts, "label": label},
+            "required": ["texts"],
+            "additionalProperties": False,
+        },
+        "ExplainRequest": {
+            "title": "ExplainRequest",
+            "description": "exactly one of `text` or `texts` (at most "
+            f"{MAX_EXPLAIN_TEXTS}), and optionally the `label` to explain",
+            "oneOf": [
+                {"$ref": "#/components/schemas/OneTextToExplain"},
+                {"$ref": "#/components/schemas/ManyTextsToExplain"},
+            ],
+            "examples": [{"text": "i feel great today"}, {"texts": ["so happy", "so sad"], "label": "joy"}],
+        },
         "OneText": {
             "type": "object",
             "title": "OneText",
@@ -189,6 +242,45 @@ class Prediction(BaseModel):
 assert set(Prediction.model_fields) == {schema.LABEL, schema.SCORE, schema.SCORES}  # one record everywhere
 
 
+class ExplainRequest(PredictRequest):
+    """``PredictRequest`` with at most ``MAX_EXPLAIN_TEXTS`` texts and an optional label to explain."""
+
+    labels: ClassVar[list[str]] = schema.LABELS  # the served model's, set by build_server before the fork
+    texts: Annotated[list[Text], Field(min_length=1, max_length=MAX_EXPLAIN_TEXTS)] | None = None
+    label: Annotated[str, Field(strict=True)] | None = None
+
+    @model_validator(mode="after")
+    def _known_label(self) -> "ExplainRequest":
+        if "label" in self.model_fields_set and self.label not in self.labels:
+            raise ValueError(f"label must be one of {', '.join(self.labels)} (got {self.label!r})")
+        return self
+
+
+class Word(BaseModel):
+    """A word of the text (a run of non-whitespace characters) and its attribution."""
+
+    word: str = Field(description="`text[start:end]`")
+    start: int = Field(ge=0, description="offset of its first character, in Unicode code points")
+    end: int = Field(ge=0, description="offset just past its last character")
+    attribution: float | None = Field(
+        description="its share of the explained label's logit (positive: for the label); null when "
+        "the model never saw it (past max_length tokens, or only characters the tokenizer drops)"
+    )
+
+
+class Explanation(Prediction):
+    """The served variant's prediction, the label explained and the words' attributions (fp32 model)."""
+
+    explained_label: str = Field(description="`label` unless the request named another")
+    words: list[Word] = Field(
+        description="every word of the text, in order; with the text between them they rebuild it exactly"
+    )
+    truncated: bool = Field(description="the text is longer than the model's max_length tokens")
+    convergence_delta: float = Field(
+        description="|sum of the attributions - (logit - the reference's logit)|: the integration error"
+    )
+
+
 class Issue(BaseModel):
     """One problem with the request (FastAPI's validation item, without the input echoed back)."""
 
@@ -226,7 +318,9 @@ def _errors(*codes: int, key_required: bool = False) -> dict[int | str, dict[str
         "discarded first; the connection is closed)",
         415: "Content-Type is missing or not application/json",
         422: "the JSON is not a valid request: exactly one of text/texts, each text not blank and at most "
-        f"{MAX_TEXT_CHARS} characters, at most {MAX_TEXTS} texts, no other field",
+        f"{MAX_TEXT_CHARS} characters, at most {MAX_TEXTS} texts ({MAX_EXPLAIN_TEXTS} for /explain), no "
+        "other field (/explain: `label`, one of the model's labels)",
+        429: "/explain only: --explain-queue requests are already running or waiting; retry later",
         500: "internal error (nothing the client can fix)",
         504: "the request waited in the queue past --timeout",
     }
@@ -369,6 +463,79 @@ class EmotionAPI(ls.LitAPI):
         return results[0] if single else results
 
 
+# -- explanations: their own process, one at a time ----------------------------------------------------
+
+
+_EXPLAINER: Any = None  # in the explanation process
+
+
+def _load_explainer(model_dir: str, variant: str, steps: int) -> None:
+    """The explanation process's start: lowest CPU priority, Ctrl+C left to the server, the explainer."""
+    global _EXPLAINER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(19)
+    from emotions_pl.artifact.explain import Explainer
+
+    _EXPLAINER = Explainer.from_folder(model_dir, variant, steps, num_threads=1)
+
+
+def _explain(texts: list[str], label: str | None) -> list[dict[str, Any]]:
+    return _EXPLAINER.explain(texts, label)
+
+
+class ExplainQueue:
+    """``/explain``'s own bounded queue: at most ``limit`` requests admitted (running or waiting), the next
+    answered 429; they run one after the other in one process of their own, at one PyTorch thread and
+    the lowest CPU priority (nice 19), so they never starve ``/predict``: the inference worker and the
+    HTTP process come first for the cores, and no explanation holds the HTTP process's GIL. (On a thread
+    of the HTTP process instead, saturated ``/explain`` left ``/predict`` 37 % of its throughput on 2
+    cores: docs/serving.md.)
+
+    ``start`` runs in each HTTP process after LitServe forks it and spawns the explanation process, which
+    loads the explainer before the HTTP server accepts requests. A request whose client goes away while
+    it waits is dropped from the queue; one already running finishes, and frees its place then.
+    """
+
+    def __init__(self, model_dir: str, variant: str, steps: int, limit: int):
+        self.model_dir, self.variant, self.steps, self.limit = model_dir, variant, steps, limit
+        self.admitted = 0
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def start(self) -> None:
+        """Spawn the process and wait for its explainer: the HTTP server takes no request before (a first
+        /explain would otherwise wait for the load), and a load that fails stops the server."""
+        self._pool = ProcessPoolExecutor(
+            1,
+            mp_context=mp.get_context("spawn"),
+            initializer=_load_explainer,
+            initargs=(self.model_dir, self.variant, self.steps),
+        )
+        await asyncio.wrap_future(self._pool.submit(int))
+
+    def stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for child in mp.active_children():  # in this HTTP process: only the explanation process
+                child.terminate()
+                child.join(5)
+
+    def _release(self, _: Any) -> None:
+        self.admitted -= 1
+
+    async def explain(self, texts: list[str], label: str | None) -> list[dict[str, Any]]:
+        if self._pool is None:
+            raise RuntimeError("ExplainQueue.start() was not called in this process")
+        if self.admitted >= self.limit:
+            raise HTTPException(
+                429, f"/explain is busy: {self.limit} requests are running or waiting; retry later"
+            )
+        self.admitted += 1
+        job = self._pool.submit(_explain, texts, label)
+        loop = asyncio.get_running_loop()
+        job.add_done_callback(lambda done: loop.call_soon_threadsafe(self._release, done))
+        return await asyncio.wrap_future(job)  # cancelled with the request: a waiting job never runs
+
+
 # -- the HTTP process: auth, body guard, routes ----------------------------------------------------------
 
 API_KEY_HEADER = APIKeyHeader(
@@ -471,13 +638,14 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         start, path = time.perf_counter(), scope["path"]
-        is_predict = path == PREDICT_PATH and scope["method"] == "POST"
+        has_body = path in BODY_PATHS and scope["method"] == "POST"
+        is_predict = has_body and path == PREDICT_PATH
         status, request_body, response_body = [500], b"", []
 
         async def send_and_watch(message: dict) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                if is_predict:  # the server's own time, for clients (the /ui page shows it)
+                if has_body:  # the server's own time, for clients (the /ui page shows it)
                     elapsed_ms = (time.perf_counter() - start) * 1000
                     timing = (b"server-timing", f"app;dur={elapsed_ms:.1f}".encode())
                     message = {**message, "headers": [*message.get("headers", []), timing]}
@@ -486,7 +654,7 @@ class GuardMiddleware:
             await send(message)
 
         try:
-            if is_predict:
+            if has_body:
                 body = await self._read_body(scope, receive)
                 if isinstance(body, tuple):
                     await _send_json(send_and_watch, *body)
@@ -552,7 +720,9 @@ def swagger_ui_dir() -> Path | None:
     return Path(str(swagger_ui_bundle.swagger_ui_path))
 
 
-def install_routes(server: ls.LitServer, key_required_value: str | None) -> None:
+def install_routes(
+    server: ls.LitServer, key_required_value: str | None, explanations: ExplainQueue | None = None
+) -> None:
     """Re-register LitServe's endpoints (same handlers) with their real contract, and add ours.
 
     LitServe declares every route JSON with an API-key dependency; here each route says what it answers
@@ -657,18 +827,44 @@ def install_routes(server: ls.LitServer, key_required_value: str | None) -> None
         summary="A page to try the model in a browser (no key needed to load it; it asks for one)",
         responses={200: {"description": "the page", "content": {"text/html": {"schema": TEXT}}}},
     )
+    if explanations is not None:
+        _install_explain(app, explanations, auth, key)
     _install_docs(app)
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             spec = generate()
-            spec["components"]["schemas"].update(request_schemas())
+            spec["components"]["schemas"].update(request_schemas(ExplainRequest.labels))
             app.openapi_schema = spec
         return app.openapi_schema
 
     app.openapi_schema = None
     app.openapi = openapi
+
+
+def _install_explain(app: Any, explanations: ExplainQueue, auth: list[Any], key: bool) -> None:
+    async def explain(request: ExplainRequest) -> Explanation | list[Explanation]:
+        results = await explanations.explain(request.texts or [request.text], request.label)
+        out = [Explanation(**r) for r in results]
+        return out if request.texts is not None else out[0]
+
+    app.add_api_route(
+        EXPLAIN_PATH,
+        explain,
+        operation_id="explain",
+        methods=["POST"],
+        dependencies=auth,
+        summary="Which words drove the label: word-level attributions for one text or a list (at most "
+        f"{MAX_EXPLAIN_TEXTS})",
+        description="Explains the label the served variant predicts (its `label`, `score` and `scores`, "
+        "as /predict answers), or the `label` the request names, with Layer Integrated Gradients on the "
+        f"fp32 model ({explanations.steps} steps). Every word of the text comes with its offsets, in "
+        "Unicode code points, and its attribution. Requests run one at a time on one thread; at most "
+        f"{explanations.limit} are admitted, running or waiting, the next is answered 429.",
+        response_description="one explanation for `text`, a list for `texts`",
+        responses=_errors(400, 401, 408, 413, 415, 422, 429, 500, key_required=key),
+    )
 
 
 def _install_docs(app: Any) -> None:
@@ -721,6 +917,13 @@ def model_metadata(
             "max_text_chars": MAX_TEXT_CHARS,
             "max_texts": MAX_TEXTS,
             "max_body_bytes": MAX_BODY_BYTES,
+            "max_explain_texts": MAX_EXPLAIN_TEXTS,
+            "explain_queue": args.explain_queue,
+        },
+        "explain": {
+            "attributions": "fp32",
+            "method": "layer integrated gradients",
+            "steps": args.explain_steps,
         },
         "batching": {
             "max_batch_size": args.max_batch_size,
@@ -780,20 +983,25 @@ def build_server(args: argparse.Namespace) -> ls.LitServer:
         )
     )
     server.app.add_exception_handler(RequestValidationError, validation_error)
-    install_routes(server, os.environ.get(args.api_key_env) if args.api_key_env else None)
-    if prediction_log is not None:
-        litserve_lifespan = server.app.router.lifespan_context
+    ExplainRequest.labels = list(info["labels"])
+    explanations = ExplainQueue(args.model, args.variant, args.explain_steps, args.explain_queue)
+    install_routes(server, os.environ.get(args.api_key_env) if args.api_key_env else None, explanations)
+    litserve_lifespan = server.app.router.lifespan_context
 
-        @asynccontextmanager
-        async def lifespan(app: Any) -> Any:  # runs in each HTTP server process, after the fork
+    @asynccontextmanager
+    async def lifespan(app: Any) -> Any:  # runs in each HTTP server process, after the fork
+        await explanations.start()
+        if prediction_log is not None:
             prediction_log.start()
-            try:
-                async with litserve_lifespan(app) as state:
-                    yield state
-            finally:
+        try:
+            async with litserve_lifespan(app) as state:
+                yield state
+        finally:
+            if prediction_log is not None:
                 prediction_log.stop()
+            explanations.stop()
 
-        server.app.router.lifespan_context = lifespan
+    server.app.router.lifespan_context = lifespan
     return server
 
 

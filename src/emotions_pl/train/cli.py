@@ -16,6 +16,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from emotions_pl.commands import COMMANDS, PROG
 from emotions_pl.errors import debug_enabled
+from emotions_pl.train import distill
 from emotions_pl.train.callbacks import RunSummary
 from emotions_pl.train.data import EmotionDataModule
 from emotions_pl.train.model import EmotionClassifier
@@ -76,6 +77,14 @@ class EmotionsCLI(LightningCLI):
         parser.link_arguments("data.label_names", "model.label_names")
         parser.link_arguments("seed_everything", "data.seed")
         parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir")
+        # Distillation is one group (configs/distill/), so an experiment composes it as a file of its own.
+        parser.add_class_arguments(distill.Distillation, "distill")
+        parser.link_arguments("distill.teacher_logits", "data.teacher_logits")
+        parser.link_arguments(
+            ("distill.teacher_logits", "distill.temperature", "distill.alpha"),
+            "model.distill",
+            compute_fn=distill.model_setting,
+        )
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -4,7 +4,8 @@ The DVC ``data`` stage. Whatever the source (a hub id, a local folder of jsonl/c
 ``package:`` folder), the pipeline then reads the same validated ``{split}.jsonl`` files with integer
 labels, so every later stage, and DVC's hash of them, sees exactly what training saw. Reading goes
 through ``tables.load_splits``: bad rows fail here with the same message the trainer would give.
-The report (counts per split and label, text lengths) is small enough for ``dvc metrics show``.
+The report (counts per split and label, text lengths, and the data-quality findings of ``quality.py``:
+texts in several splits, conflicting labels, near-duplicates, with a few examples) is small enough to read.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from emotions_pl import sources
+from emotions_pl import quality, sources
 from emotions_pl.commands import tool_parser
 from emotions_pl.errors import UserError
 from emotions_pl.files import atomic_write_text, publish_dir, staging_dir
@@ -37,7 +38,8 @@ def length_stats(values: pd.Series) -> dict[str, float]:
 
 
 def data_report(tables: dict[str, pd.DataFrame], label_names: Sequence[str]) -> dict[str, Any]:
-    """Rows and label counts per split, text lengths (characters, words), texts shared with train."""
+    """Rows and label counts per split, text lengths (characters, words), texts shared with train, and
+    the data-quality findings (``quality.report``)."""
     report: dict[str, Any] = {}
     for split, frame in tables.items():
         counts = frame["label"].value_counts()
@@ -51,6 +53,8 @@ def data_report(tables: dict[str, pd.DataFrame], label_names: Sequence[str]) -> 
     report["overlap"] = {
         f"{split}_in_train": int(tables[split]["text"].isin(train).sum()) for split in SPLITS[1:]
     }
+    splits = {split: (frame["text"].tolist(), frame["label"].tolist()) for split, frame in tables.items()}
+    report["quality"] = quality.report(splits, label_names)
     return report
 
 
@@ -101,8 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     summary = materialize(args.source, args.output, args.format, args.report)
     rows = ", ".join(f"{split} {summary[split]['rows']}" for split in SPLITS)
+    found = summary["quality"]
+    shared = sum(pair["texts"] for pair in found["cross_split"].values())
     print(
-        f"data: {args.source} -> {args.output} ({args.format}; {rows})"
+        f"data: {args.source} -> {args.output} ({args.format}; {rows}); {shared} texts in two splits, "
+        f"{found['conflicting_labels']['texts']} with conflicting labels, "
+        f"{found['near_duplicates']['groups']} near-duplicate groups"
         + (f"; report {args.report}" if args.report else "")
     )
     return 0

@@ -10,11 +10,37 @@ import torch.nn.functional as F
 from transformers import get_linear_schedule_with_warmup
 
 from emotions_pl import metrics, schema
+from emotions_pl.errors import UserError
 from emotions_pl.patches import cls_only
 from emotions_pl.schema import LABELS
 from emotions_pl.train.backbone import build_backbone, layer_depth
+from emotions_pl.train.data import TEACHER
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+DISTILL_KEYS = ("temperature", "alpha")
+
+
+def check_distill(distill: dict[str, float] | None) -> None:
+    if distill is None:
+        return
+    if sorted(distill) != sorted(DISTILL_KEYS):
+        raise UserError(f"model.distill needs exactly {list(DISTILL_KEYS)}, got {sorted(distill)}.")
+    if not distill["temperature"] > 0:
+        raise UserError(f"model.distill.temperature must be > 0, got {distill['temperature']}.")
+    if not 0.0 <= distill["alpha"] <= 1.0:
+        raise UserError(f"model.distill.alpha must be in [0, 1], got {distill['alpha']}.")
+
+
+def kd_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(teacher / T) || softmax(student / T)), summed over classes, averaged over rows.
+
+    ``teacher`` may be logits or log-probabilities: softmax ignores a per-row shift."""
+    return F.kl_div(
+        F.log_softmax(student.float() / temperature, -1),
+        F.log_softmax(teacher.float() / temperature, -1),
+        reduction="batchmean",
+        log_target=True,
+    )
 
 
 class EmotionClassifier(pl.LightningModule):
@@ -36,6 +62,11 @@ class EmotionClassifier(pl.LightningModule):
             fewer FLOPs for 6-layer BERT and DistilBERT. The model outside a Trainer (export,
             ``save_pretrained``) is the unchanged HF model.
         compile: ``torch.compile`` the backbone in place (parameter names and checkpoints unchanged).
+        distill: ``{temperature: T, alpha: a}`` trains on the teacher's soft labels too (the data
+            module's ``teacher_logits``): loss = a * T^2 * KL(softmax(teacher/T) || softmax(student/T))
+            + (1 - a) * cross-entropy. ``T^2`` keeps the soft term's gradients on the scale of the
+            hard term's as T grows (Hinton et al. 2015). Validation and test losses stay the
+            cross-entropy. ``None``: plain fine-tuning.
     """
 
     def __init__(
@@ -51,8 +82,10 @@ class EmotionClassifier(pl.LightningModule):
         layer_lr_decay: float = 1.0,
         cls_only_last_layer: bool = True,
         compile: bool = False,
+        distill: dict[str, float] | None = None,
     ):
         super().__init__()
+        check_distill(distill)
         self.save_hyperparameters()
         self.label_names = list(label_names)
         # from_pretrained returns eval mode and Lightning keeps module modes: switch dropout back on.
@@ -86,8 +119,22 @@ class EmotionClassifier(pl.LightningModule):
         )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._loss(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["labels"].shape[0])
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        size = batch["labels"].shape[0]
+        loss = self._loss(logits, batch["labels"])
+        distill = self.hparams.distill
+        if (TEACHER in batch) != (distill is not None):
+            raise UserError(
+                "model.distill needs data.teacher_logits (a file from `emotions_pl teacher`)"
+                if distill
+                else "data.teacher_logits is set but model.distill is not (give {temperature: T, alpha: a})"
+            )
+        if distill is not None:
+            t, a = distill["temperature"], distill["alpha"]
+            kl = kd_kl(logits, batch[TEACHER], t)
+            self.log_dict({"train/ce": loss, "train/kl": kl}, batch_size=size)
+            loss = a * t * t * kl + (1.0 - a) * loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
