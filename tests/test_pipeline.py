@@ -43,6 +43,7 @@ STAGES = ("data", "train", "evaluate", "export")
 # Every key set must already exist in its file.
 EXPERIMENT = "configs/experiment/offline.yaml"
 MODEL_PARAMS = "configs/model/minilm.yaml"  # replaced by configs/model/tiny.yaml in the copy
+DISTILL_PARAMS = "configs/distill/default.yaml"
 TINY_LR = 5e-3  # tiny.yaml's learning rate
 TINY = {
     "params.yaml": {"dataset.source": "src/emotions_pl/sample", "export.onnx": False, "export.int8": False},
@@ -264,7 +265,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Path:
     }
     stage = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["train"]
     tracked = {next(iter(p)) for p in stage["params"] if isinstance(p, dict)}
-    assert composed == tracked == {MODEL_PARAMS, *TINY} - {"params.yaml"}, (composed, tracked)
+    # plus the distillation group, which configs/experiment/distill.yaml composes on top of the same files
+    expected = {MODEL_PARAMS, *TINY} - {"params.yaml"}
+    assert composed == tracked - {DISTILL_PARAMS} == expected, (composed, tracked)
     shutil.copy(repo / "configs" / "model" / "tiny.yaml", repo / MODEL_PARAMS)
     for name, values in TINY.items():
         set_params(repo / name, values)
