@@ -257,17 +257,18 @@ def test_distill_and_teacher_logits_go_together(
             _student(bad)
 
 
+def distill_flags(teacher_file: Path) -> tuple[str, ...]:
+    """The CLI's distill group as the student fits below give it: T 2, alpha 0.5."""
+    teacher = ("--distill.teacher_logits", str(teacher_file))
+    return (*teacher, "--distill.temperature", "2.0", "--distill.alpha", "0.5")
+
+
 def test_a_one_batch_student_fit_through_the_cli(teacher_file: Path, tmp_path: Path) -> None:
     proc = run_module(
         "fit",
         "--config",
         "configs/experiment/smoke.yaml",
-        "--distill.teacher_logits",
-        str(teacher_file),
-        "--distill.temperature",
-        "2.0",
-        "--distill.alpha",
-        "0.5",
+        *distill_flags(teacher_file),
         "--trainer.max_steps",
         "1",
         "--trainer.limit_val_batches",
@@ -319,12 +320,7 @@ def test_a_student_fit_under_ddp(teacher_file: Path, tmp_path: Path) -> None:
         "cpu",
         "--trainer.max_epochs",
         "1",
-        "--distill.teacher_logits",
-        str(teacher_file),
-        "--distill.temperature",
-        "2.0",
-        "--distill.alpha",
-        "0.5",
+        *distill_flags(teacher_file),
         "--trainer.default_root_dir",
         str(tmp_path),
         "--trainer.enable_progress_bar",
