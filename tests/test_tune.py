@@ -5,6 +5,7 @@ and a best config that ``fit`` accepts."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import random
 import re
@@ -116,6 +117,27 @@ def test_a_bad_storage_url_is_one_line(url: str, message: str) -> None:
         tune.open_storage(url)
     assert message in str(error.value) and "\n" not in str(error.value)
     assert "s3cret" not in str(error.value)
+
+
+def _open(url: str, answers: multiprocessing.Queue) -> None:
+    try:
+        tune.open_storage(url)
+        answers.put("ok")
+    except UserError as error:
+        answers.put(str(error))
+
+
+def test_workers_starting_together_on_a_new_sqlite_study_all_open_it(tmp_path: Path) -> None:
+    # the race CI hit: each worker inserting the schema version (UNIQUE constraint failed); ~2 s a round
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path / f'study{round_}.db'}"
+        answers: multiprocessing.Queue = multiprocessing.Queue()
+        workers = [multiprocessing.Process(target=_open, args=(url, answers)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=120)
+        assert [answers.get(timeout=5) for _ in workers] == ["ok"] * 4
 
 
 def test_values_become_fit_flags() -> None:

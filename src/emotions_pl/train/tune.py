@@ -260,6 +260,27 @@ def shown_url(url: str) -> str:
         return url
 
 
+@contextlib.contextmanager
+def _creation_lock(url: str) -> Iterator[None]:
+    """Workers on one SQLite file take turns creating its tables (each would insert the schema version)."""
+    database = url.split(":///", 1)[1] if url.startswith("sqlite:///") else ""
+    if not database or database == ":memory:" or not Path(database).parent.is_dir():
+        yield  # nothing to share, or a folder sqlite will name in its own error
+        return
+    import fcntl
+
+    with open(f"{database}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+# Two workers creating one server database's tables at once: the loser sees one of these and retries.
+_RACE_WORDS = ("already exists", "locked", "UNIQUE constraint", "Duplicate entry", "duplicate key")
+
+
 def open_storage(url: str) -> Any:
     """An optuna RDB storage; a URL that cannot be used is one ``UserError`` line."""
     import optuna
@@ -271,16 +292,16 @@ def open_storage(url: str) -> Any:
     last: Exception | None = None
     for attempt in range(3):
         try:
-            with warnings.catch_warnings():  # heartbeats: stale trials of a dead worker are failed
+            with warnings.catch_warnings(), _creation_lock(url):  # heartbeats: a dead worker's trials fail
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
                     url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=180
                 )
-        except sqlalchemy.exc.OperationalError as error:
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as error:
             last = error
-            if not any(word in str(error) for word in ("already exists", "locked")):
+            if not any(word in str(error) for word in _RACE_WORDS):
                 break
-            time.sleep(1 + attempt)  # two workers creating the tables at once
+            time.sleep(1 + attempt)
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
             last = error
             break
