@@ -227,7 +227,7 @@ def main() -> int:
     p.add_argument("--no-serve", action="store_true")
     p.add_argument("--output", type=Path, default=REPO / "bench" / "explain.json")
     args = p.parse_args()
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    options.set_openmp_waiting()  # as the server does (before torch starts OpenMP)
     rows = read_jsonl(args.data)
     texts = [r["text"] for r in random.Random(args.seed).sample(rows, min(args.n, len(rows)))]
     info = json.loads((Path(args.model) / "export_info.json").read_text())

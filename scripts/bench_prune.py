@@ -63,7 +63,7 @@ def bare_worker(model: Path, variant: str, threads: int, texts: list[str], repea
     """Median texts/s over ``repeats`` timed batches per batch size, as the server's worker runs them."""
     from emotions_pl.artifact.predictor import Predictor
 
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the server sets it (before torch starts OpenMP)
+    options.set_openmp_waiting()  # as the server does (before torch starts OpenMP)
     predictor = Predictor.from_folder(model, variant, threads, spin_wait=False)
     chunk = options.BATCH_CHUNK[variant]
     out: dict[str, Any] = {"variant": variant, "threads": threads, "repeats": repeats}

@@ -172,6 +172,8 @@ def baseline_server(model: str, port: int, threads: int | None) -> None:
     async def health() -> str:
         return "ok"
 
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again to the handler it found: exit 0.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
@@ -181,7 +183,7 @@ def bare_worker(model: str, variant: str, threads: int, texts: list[str], second
     threads, no spin-waiting. Runs in its own process."""
     from emotions_pl.artifact.predictor import Predictor
 
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the server sets it (before torch starts OpenMP)
+    options.set_openmp_waiting()  # as the server does (before torch starts OpenMP)
     predictor = Predictor.from_folder(model, variant, threads, spin_wait=False)
     chunk = options.BATCH_CHUNK[variant]  # the server's worker runs a batch in length-sorted chunks
     rng = random.Random(0)

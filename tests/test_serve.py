@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import multiprocessing as mp
+import os
 import re
 import signal
 import threading
@@ -371,6 +372,20 @@ def test_auto_variant_threads_and_timing_are_said(server: Server) -> None:
     info = httpx.get(f"{server.url}/info", timeout=30).json()["model"]
     assert info["variant_reason"].startswith("export_info.json records no test accuracy")
     assert info["batching"]["batch_timeout"] == 0.02 and info["api_key_required"] is False
+
+
+def test_inference_workers_get_the_short_openmp_spin(server: Server) -> None:
+    if any(name in os.environ for name in options.OPENMP_ENV):
+        pytest.skip("this environment chose its own OpenMP waiting, which serve keeps")
+    workers = [
+        p
+        for p in server.family
+        if "spawn" in " ".join(p.cmdline()) or "multiprocessing" in " ".join(p.cmdline())
+    ]
+    assert workers, [p.cmdline() for p in server.family]
+    for worker in workers:
+        env = worker.environ()
+        assert {name: env.get(name) for name in options.OPENMP_ENV} == options.OPENMP_ENV
 
 
 def test_ui_and_docs_work_offline(server: Server) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -70,6 +71,17 @@ def test_default_threads_use_every_core_split_between_workers() -> None:
     assert options.default_threads(2, 2, "fp32") == 1
     assert options.default_threads(8, 3, "onnx") == 2
     assert options.default_threads(1, 4, "int8") == 1
+
+
+def test_openmp_waiting_is_set_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in options.OPENMP_ENV:
+        monkeypatch.delenv(name, raising=False)
+    options.set_openmp_waiting()
+    assert {name: os.environ[name] for name in options.OPENMP_ENV} == options.OPENMP_ENV
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    options.set_openmp_waiting()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE" and "GOMP_SPINCOUNT" not in os.environ
 
 
 @pytest.mark.parametrize(

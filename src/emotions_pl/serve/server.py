@@ -426,8 +426,8 @@ class EmotionAPI(ls.LitAPI):
 
         hf_logging.disable_progress_bar()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C hits the group; the main process stops workers
-        # No spin-waiting between operators (ONNX Runtime here, OpenMP through OMP_WAIT_POLICY, set by
-        # serve()): the HTTP process shares the cores and needs them while the model runs.
+        # No spin-waiting between operators (ONNX Runtime here, OpenMP briefly, through options.OPENMP_ENV,
+        # set by serve()): the HTTP process shares the cores and needs them while the model runs.
         self.predictor = Predictor.from_folder(
             self.model_dir, self.variant, self.num_threads, spin_wait=False
         )
@@ -1031,9 +1031,7 @@ def serve(args: argparse.Namespace) -> int:
     """Run the server until Ctrl+C or SIGTERM (``options.run`` checks the flags first)."""
     metrics_dir = tempfile.mkdtemp(prefix="emotions-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before any process creates a metric
-    # PyTorch's OpenMP threads sleep instead of spinning when idle (read when a worker starts OpenMP):
-    # spinning, two threads on two shared cores served fp32 at a tenth of the speed (docs/serving.md).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    options.set_openmp_waiting()  # read when a worker starts OpenMP (docs/serving.md, "Threads")
     _interrupt_on_sigterm(os.getpid())
     try:
         server = build_server(args)
