@@ -1,12 +1,16 @@
-"""Trainer plug-ins: atomic checkpoint writes, the predictions file and the run summary."""
+"""Trainer plug-ins: atomic checkpoint writes, the predictions file, the run summary and the random state."""
 
 from __future__ import annotations
 
 import json
+import random
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import BasePredictionWriter, Callback
 
@@ -61,6 +65,67 @@ def _floats(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
 
 def _public(hparams: Any) -> dict[str, Any]:
     return {k: v for k, v in dict(hparams or {}).items() if not k.startswith("_")}
+
+
+class RandomState(Callback):
+    """Every random generator training draws from, in each checkpoint, so a resumed fit goes on exactly.
+
+    Saved: torch's (CPU, and CUDA's when in use), numpy's and Python's global generators, and the train
+    sampler's seed and epoch. The generators are restored at the first training batch after a resume,
+    not when the checkpoint loads: whatever runs in between (building the loaders, the sanity check)
+    then draws nothing the uninterrupted run would not have. Between a checkpoint and the next batch
+    the uninterrupted run draws nothing either: the train loader seeds itself from its own generator
+    (``data.EmotionDataModule``). Numpy's state is stored as plain ints, which ``weights_only`` loads.
+    The CLI adds it to every run.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+        self._trainer: pl.Trainer | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer  # state_dict() gets no trainer; the sampler is the fit loop's
+
+    def _sampler(self) -> Any:
+        loader = self._trainer.fit_loop._combined_loader if self._trainer is not None else None
+        return getattr(loader.flattened[0], "sampler", None) if loader is not None else None
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [str(kind), keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        sampler = self._sampler()
+        if hasattr(sampler, "epoch") and hasattr(sampler, "seed"):
+            state["sampler"] = {"seed": int(sampler.seed), "epoch": int(sampler.epoch)}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = dict(state_dict)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._pending is None:
+            return
+        state, self._pending = self._pending, None
+        saved, sampler = state.get("sampler"), self._sampler()
+        if saved and getattr(sampler, "seed", saved["seed"]) != saved["seed"]:
+            warnings.warn(
+                f"resuming with sampler seed {sampler.seed}, the checkpoint's is {saved['seed']}: the "
+                "batches differ from the interrupted run's (pass the same --seed_everything)",
+                stacklevel=1,
+            )
+        torch.set_rng_state(state["torch"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        random.setstate(state["python"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class RunSummary(Callback):

@@ -17,7 +17,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from emotions_pl.commands import COMMANDS, PROG
 from emotions_pl.errors import debug_enabled
 from emotions_pl.train import distill
-from emotions_pl.train.callbacks import RunSummary
+from emotions_pl.train.callbacks import RandomState, RunSummary
 from emotions_pl.train.data import EmotionDataModule
 from emotions_pl.train.model import EmotionClassifier
 
@@ -143,6 +143,6 @@ def run_cli(
         save_config_kwargs={"overwrite": True},
         parser_kwargs=parser_kwargs(),
         parser_class=EmotionsArgumentParser,
-        trainer_defaults={"callbacks": [RunSummary(), *callbacks]},
+        trainer_defaults={"callbacks": [RunSummary(), RandomState(), *callbacks]},
         args=args,
     )

@@ -3,7 +3,12 @@
 The rows never sit in Python lists: ``tables`` reads the files (or shards, or the hub) into
 memory-mapped Arrow and one batched ``map`` validates and tokenizes them, so setup's memory does not
 grow with the data; the tokenized split is cached under a key of the files' bytes, the tokenizer and
-``max_length``."""
+``max_length``.
+
+Training batches come from a ``torchdata`` ``StatefulDataLoader`` over a sampler whose order is a
+function of (seed, epoch): a checkpoint records how far the epoch got, and a resumed fit, mid-epoch or
+between epochs, draws exactly the batches the uninterrupted one would (``patches.resume`` makes
+Lightning 2.6 restore both; ``callbacks.RandomState`` the random generators)."""
 
 from __future__ import annotations
 
@@ -21,12 +26,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
 
 from emotions_pl import sources, tables
 from emotions_pl.files import publish_dir, staging_dir
+from emotions_pl.patches import resume  # noqa: F401  (Lightning 2.6: a resumed epoch's batches)
 from emotions_pl.schema import LABELS, SPLITS
 from emotions_pl.tables import DataValidationError
 from emotions_pl.train import distill
@@ -267,18 +274,26 @@ class EmotionDataModule(pl.LightningDataModule):
         batch_size = (
             self.hparams.batch_size if train else self.hparams.eval_batch_size or self.hparams.batch_size
         )
-        if train and self.hparams.group_by_length:
-            trainer = self.trainer
-            sampler = DistributedLengthGroupedSampler(
-                batch_size,
-                lengths=self.lengths(split),
-                num_replicas=trainer.world_size if trainer else 1,
-                rank=trainer.global_rank if trainer else 0,
-                seed=self.hparams.seed,
+        if not train:
+            return DataLoader(dataset, batch_size=batch_size, shuffle=False, **kwargs)
+        trainer, seed = self.trainer, self.hparams.seed
+        shard = {
+            "num_replicas": trainer.world_size if trainer else 1,
+            "rank": trainer.global_rank if trainer else 0,
+        }
+        if self.hparams.group_by_length:
+            sampler: Any = DistributedLengthGroupedSampler(
+                batch_size, lengths=self.lengths(split), seed=seed, **shard
             )
-            return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
-        generator = torch.Generator().manual_seed(self.hparams.seed)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=generator, **kwargs)
+        else:
+            sampler = DistributedSampler(dataset, shuffle=True, seed=seed, **shard)
+        # Both orders are functions of (seed, epoch): Lightning sets the epoch. The generator only seeds
+        # the loader itself, so that starting an epoch draws nothing from torch's global generator (the
+        # dropout masks of a resumed run then follow the uninterrupted run's).
+        generator = torch.Generator().manual_seed(seed)
+        return StatefulDataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, generator=generator, **kwargs
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
