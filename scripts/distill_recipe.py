@@ -43,6 +43,7 @@ from emotions_pl.schema import LABELS  # noqa: E402
 BASE_CONFIG = "configs/experiment/offline.yaml"
 STUDENT_CONFIG = "configs/experiment/distill.yaml"
 SPLITS = ("validation", "test")
+SHORT = {"validation": "val", "test": "test"}
 COLUMNS = ("acc", "f1_macro", "f1/surprise")
 
 
@@ -101,7 +102,9 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table(report: dict[str, Any]) -> str:
-    head = "| model | seeds | fit s | " + " | ".join(f"{s[:4]} {k}" for s in SPLITS for k in COLUMNS) + " |"
+    head = (
+        "| model | seeds | fit s | " + " | ".join(f"{SHORT[s]} {k}" for s in SPLITS for k in COLUMNS) + " |"
+    )
     lines = [head, "|---|---|---:|" + "---:|" * (len(SPLITS) * len(COLUMNS))]
     for group in report["groups"]:
         seconds = [r["fit_seconds"] for r in group["runs"] if r.get("fit_seconds")]
