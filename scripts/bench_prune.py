@@ -97,8 +97,8 @@ def bare(folder: Path, variant: str, threads: int, data: Path, repeats: int) -> 
 def test_scores(folder: Path, variant: str, info: dict[str, Any], data: Path) -> dict[str, Any]:
     """Accuracy and macro-F1 on ``data``: export_info's when it scored this variant on the same file."""
     from emotions_pl import metrics, tables
-    from emotions_pl.artifact.export import sha256
     from emotions_pl.artifact.predictor import Predictor
+    from emotions_pl.files import sha256
 
     digest = sha256(data)
     recorded = (info.get("variants", {}).get(variant) or {}).get("test") or {}

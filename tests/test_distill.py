@@ -16,8 +16,8 @@ import yaml
 from conftest import run_main, run_module
 from emotions_pl import tables
 from emotions_pl.artifact import checkpoint
-from emotions_pl.artifact.export import sha256
 from emotions_pl.errors import UserError
+from emotions_pl.files import sha256
 from emotions_pl.schema import LABELS
 from emotions_pl.train import distill
 from emotions_pl.train.data import TEACHER, EmotionDataModule

@@ -21,6 +21,7 @@ from conftest import REPO
 from emotions_pl import files
 from emotions_pl.artifact import checkpoint, export
 from emotions_pl.artifact.predictor import ExportFolderError, Predictor
+from emotions_pl.files import sha256
 from emotions_pl.schema import LABELS
 from emotions_pl.train import summary
 
@@ -53,7 +54,7 @@ def test_export_folder_is_a_complete_hf_artifact(exported_dir: Path, smoke_ckpt:
 
     info = json.loads((exported_dir / "export_info.json").read_text())
     assert info["labels"] == LABELS and info["max_length"] == 64
-    assert info["source_checkpoint"]["sha256"] == export.sha256(smoke_ckpt)
+    assert info["source_checkpoint"]["sha256"] == sha256(smoke_ckpt)
     ckpt = torch.load(smoke_ckpt, map_location="cpu", weights_only=True)
     assert info["source_checkpoint"]["epoch"] == ckpt["epoch"]
     # The val metrics (from run.json) are those the logger wrote at the checkpoint's epoch in metrics.csv.

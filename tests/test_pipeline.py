@@ -187,7 +187,11 @@ def test_evaluate_command_on_a_real_checkpoint(
     assert run_main(*evaluate_args(smoke_ckpt, sample_dir, out)) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     names = ("acc", "f1_macro", "precision_macro", "recall_macro", "f1_weighted", "loss")
-    assert set(metrics) == {*(f"test/{n}" for n in names), *(f"test/f1/{x}" for x in LABELS)}
+    with_intervals = ("test/acc", "test/f1_macro", *(f"test/f1/{x}" for x in LABELS))
+    intervals = {f"{k}_ci_{end}" for k in with_intervals for end in ("low", "high")}
+    assert set(metrics) == {*(f"test/{n}" for n in names), *(f"test/f1/{x}" for x in LABELS), *intervals}
+    for key in with_intervals:  # each score inside its seeded bootstrap interval
+        assert metrics[f"{key}_ci_low"] <= metrics[key] <= metrics[f"{key}_ci_high"]
     predictions = pd.read_csv(out / "predictions.csv")
     assert len(predictions) == 24 and set(predictions["predicted"]) <= set(LABELS)
     assert (predictions["actual"] == predictions["predicted"]).mean() == pytest.approx(
@@ -260,14 +264,14 @@ def repo(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Path:
     env["PYTHONPATH"] = str(repo / "src")
     # the tiny switch edits exactly the files the experiment composes and `train` tracks as params
     assert yaml.safe_load((repo / "params.yaml").read_text())["experiment"] == EXPERIMENT
-    composed = {
-        f"configs/{v.removeprefix('../')}" for v in yaml.safe_load((repo / EXPERIMENT).read_text()).values()
-    }
+    experiment = yaml.safe_load((repo / EXPERIMENT).read_text())
+    composed = {f"configs/{v.removeprefix('../')}" for v in experiment.values() if str(v).endswith(".yaml")}
+    assert experiment["seed_everything"] == 42  # the seed is a value of the tracked experiment file
     stage = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["train"]
     tracked = {next(iter(p)) for p in stage["params"] if isinstance(p, dict)}
     # plus the distillation group, which configs/experiment/distill.yaml composes on top of the same files
     expected = {MODEL_PARAMS, *TINY} - {"params.yaml"}
-    assert composed == tracked - {DISTILL_PARAMS} == expected, (composed, tracked)
+    assert composed == tracked - {DISTILL_PARAMS, EXPERIMENT} == expected, (composed, tracked)
     shutil.copy(repo / "configs" / "model" / "tiny.yaml", repo / MODEL_PARAMS)
     for name, values in TINY.items():
         set_params(repo / name, values)

@@ -11,8 +11,9 @@ import pytest
 
 from conftest import run_module
 from emotions_pl import tables
-from emotions_pl.artifact import export
+from emotions_pl.artifact import export, promotion
 from emotions_pl.artifact.predictor import Predictor
+from emotions_pl.files import sha256
 from emotions_pl.schema import LABELS
 
 
@@ -35,47 +36,49 @@ def _current(tmp_path: Path, info: dict) -> Path:
 
 
 def test_no_export_in_the_folder_means_nothing_to_gate(tmp_path: Path) -> None:
-    assert export.promotion(tmp_path / "fresh", _info("new", 0.1)) is None
+    assert promotion.promotion(tmp_path / "fresh", _info("new", 0.1)) is None
 
 
 def test_a_better_candidate_is_promoted_and_the_reason_recorded(tmp_path: Path) -> None:
     folder = _current(tmp_path, _info("old", run_test=0.80))
-    record = export.promotion(folder, _info("new", run_test=0.85))
+    record = promotion.promotion(folder, _info("new", run_test=0.85))
     assert record["decision"].startswith("promoted: test f1_macro 0.8500 >= 0.8000")
     assert record["previous"]["source_checkpoint"]["sha256"] == "old" and record["forced"] is False
 
 
 def test_a_worse_candidate_is_refused_unless_forced(tmp_path: Path) -> None:
     folder = _current(tmp_path, _info("old", run_test=0.90))
-    with pytest.raises(export.PromotionRefused, match=r"holds a better model: test f1_macro 0.9000.*--force"):
-        export.promotion(folder, _info("new", run_test=0.85))
-    record = export.promotion(folder, _info("new", run_test=0.85), force=True)
+    with pytest.raises(
+        promotion.PromotionRefused, match=r"holds a better model: test f1_macro 0.9000.*--force"
+    ):
+        promotion.promotion(folder, _info("new", run_test=0.85))
+    record = promotion.promotion(folder, _info("new", run_test=0.85), force=True)
     assert record["forced"] is True and record["decision"].startswith("forced (--force)")
-    assert export.PromotionRefused.exit_code == 1  # a CheckFailed: exit 1
+    assert promotion.PromotionRefused.exit_code == 1  # a CheckFailed: exit 1
 
 
 def test_the_same_test_file_is_preferred_over_the_run_summary(tmp_path: Path) -> None:
     """Both record fp32 on the same test file: that decides, whatever run.json says."""
     folder = _current(tmp_path, _info("old", run_test=0.99, fp32_test=0.80, data="same"))
-    record = export.promotion(folder, _info("new", run_test=0.50, fp32_test=0.81, data="same"))
+    record = promotion.promotion(folder, _info("new", run_test=0.50, fp32_test=0.81, data="same"))
     assert "fp32 on the test file" in record["basis"] and record["candidate_score"] == 0.81
     # Different test files are not compared with each other: run.json decides.
-    with pytest.raises(export.PromotionRefused, match="the run's test metrics"):
-        export.promotion(folder, _info("new", run_test=0.50, fp32_test=0.99, data="other"))
+    with pytest.raises(promotion.PromotionRefused, match="the run's test metrics"):
+        promotion.promotion(folder, _info("new", run_test=0.50, fp32_test=0.99, data="other"))
 
 
 def test_a_candidate_without_test_metrics_cannot_replace_one_with_them(tmp_path: Path) -> None:
     folder = _current(tmp_path, _info("old", run_test=0.70))
-    with pytest.raises(export.PromotionRefused, match="records none to compare"):
-        export.promotion(folder, _info("new"))
-    assert export.promotion(_current(tmp_path, _info("old")), _info("new"))["decision"].startswith(
+    with pytest.raises(promotion.PromotionRefused, match="records none to compare"):
+        promotion.promotion(folder, _info("new"))
+    assert promotion.promotion(_current(tmp_path, _info("old")), _info("new"))["decision"].startswith(
         "replaced: the previous model records no test"
     )
 
 
 def test_re_exporting_the_same_checkpoint_is_always_allowed(tmp_path: Path) -> None:
     folder = _current(tmp_path, _info("same", run_test=0.99))
-    assert export.promotion(folder, _info("same"))["decision"] == "re-export of the same checkpoint"
+    assert promotion.promotion(folder, _info("same"))["decision"] == "re-export of the same checkpoint"
 
 
 def _holding_a_better_model(exported_dir: Path, tmp_path: Path) -> Path:
@@ -125,4 +128,4 @@ def test_forced_export_scores_every_variant_and_records_what_it_replaced(
         assert test["n"] == len(texts) and test["data"].endswith("test.jsonl")
         assert test["accuracy"] == pytest.approx(float(np.mean(predicted == np.array(targets))), abs=1e-6)
         assert 0 <= test["f1_macro"] <= 1 and test["texts_per_s"] > 0
-    assert written["variants"]["fp32"]["test"]["sha256"] == export.sha256(sample_dir / "test.jsonl")
+    assert written["variants"]["fp32"]["test"]["sha256"] == sha256(sample_dir / "test.jsonl")

@@ -102,18 +102,55 @@ def resample_indices(n: int, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTS
     return torch.randint(0, n, (samples, n), generator=torch.Generator().manual_seed(seed))
 
 
+def _bins(confidence: torch.Tensor) -> torch.Tensor:
+    """torchmetrics' equal-width bins of the top score: ``CALIBRATION_BINS`` of them, and a top score of
+    exactly 1.0 in a bin of its own."""
+    edges = torch.linspace(0, 1, CALIBRATION_BINS + 1, dtype=torch.float64)
+    return torch.bucketize(confidence, edges, right=True) - 1  # 0..CALIBRATION_BINS
+
+
+def _mass_bins(confidence: torch.Tensor) -> torch.Tensor:
+    """``CALIBRATION_BINS`` bins of (nearly) equal size by rank of the top score: none is empty and none
+    rests on a handful of texts, so the estimate is less biased where the scores crowd near 1."""
+    order = torch.argsort(confidence, stable=True)
+    bins = torch.empty_like(order)
+    bins[order] = torch.arange(len(order)) * CALIBRATION_BINS // len(order)
+    return bins
+
+
+def _binned_ece(bins: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
+    """ECE from each text's bin and its (correct - confidence) gap, for every row of ``gap`` at once:
+    the sum over bins of |the gaps' sum|, over the number of texts."""
+    gap = gap.reshape(-1, gap.shape[-1])
+    sums = torch.zeros(len(gap), CALIBRATION_BINS + 1, dtype=torch.float64)
+    sums.scatter_add_(1, bins.expand_as(gap), gap)
+    return sums.abs().sum(1) / gap.shape[1]
+
+
 def bootstrap_ece(probs: Any, targets: Any, indices: torch.Tensor) -> np.ndarray:
-    """ECE of each resample (a row of ``indices``), all at once: torchmetrics' bins (equal width, a
-    top score of exactly 1.0 in a bin of its own) with one ``scatter_add`` instead of a call per resample."""
+    """ECE of each resample (a row of ``indices``), all at once, with one ``scatter_add`` instead of a
+    torchmetrics call per resample (the same bins)."""
     probs = _as_tensor(probs, torch.float64)
     targets = _as_tensor(targets, torch.long)
     confidence, predicted = probs.max(1)
-    edges = torch.linspace(0, 1, CALIBRATION_BINS + 1, dtype=torch.float64)
-    bins = torch.bucketize(confidence, edges, right=True) - 1  # 0..CALIBRATION_BINS
     gap = (predicted == targets).to(torch.float64) - confidence  # per text: correct minus confidence
     sums = torch.zeros(len(indices), CALIBRATION_BINS + 1, dtype=torch.float64)
-    sums.scatter_add_(1, bins[indices], gap[indices])
+    sums.scatter_add_(1, _bins(confidence)[indices], gap[indices])
     return (sums.abs().sum(1) / indices.shape[1]).numpy()
+
+
+def ece_floor(
+    probs: Any, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED, equal_mass: bool = False
+) -> np.ndarray:
+    """The ECE a perfectly calibrated model with these scores would show on this many texts: each text's
+    label is drawn from its own probabilities, ``samples`` times (seeded), and the same ECE computed on
+    each draw. Its top class is then right with probability equal to its top score, so only that
+    Bernoulli draw is needed. A measured ECE inside this spread is noise, not miscalibration."""
+    confidence = _as_tensor(probs, torch.float64).max(1).values
+    generator = torch.Generator().manual_seed(seed)
+    right = torch.rand((samples, len(confidence)), generator=generator, dtype=torch.float64) < confidence
+    bins = _mass_bins(confidence) if equal_mass else _bins(confidence)
+    return _binned_ece(bins, right.to(torch.float64) - confidence).numpy()
 
 
 def calibration(
@@ -124,7 +161,10 @@ def calibration(
     ``ece``: the bin-size weighted mean of |accuracy - mean confidence| over ``CALIBRATION_BINS``
     equal-width bins of the top score (torchmetrics, norm l1); ``mce``: the largest such gap (norm
     max); ``ece_low``/``ece_high``: the 2.5 and 97.5 percentiles of ECE over ``samples`` bootstrap
-    resamples of the texts (seeded: the same inputs give the same interval); ``brier``: the mean over
+    resamples of the texts (seeded: the same inputs give the same interval); ``ece_floor_median`` and
+    ``ece_floor_p95``: the median and 95th percentile of the ECE a perfectly calibrated model with the
+    same scores would show (``ece_floor``); ``ece_mass`` and its floor: the same over equal-mass bins;
+    ``brier``: the mean over
     texts of the squared distance between the probabilities and the one-hot truth (summed over classes,
     0 to 2); ``nll``: the mean of -log p(true class); ``acc``: top-1 accuracy.
     """
@@ -133,10 +173,19 @@ def calibration(
     onehot = F.one_hot(targets, probs.shape[1]).to(torch.float64)
     resampled = bootstrap_ece(probs, targets, resample_indices(len(targets), samples, seed))
     low, high = np.percentile(resampled, [2.5, 97.5])
+    confidence, predicted = probs.max(1)
+    gap = (predicted == targets).to(torch.float64) - confidence
+    floor = np.percentile(ece_floor(probs, samples, seed), [50, 95])
+    mass_floor = np.percentile(ece_floor(probs, samples, seed, equal_mass=True), [50, 95])
     return {
         "ece": _ece(probs, targets, "l1"),
         "ece_low": float(low),
         "ece_high": float(high),
+        "ece_floor_median": float(floor[0]),
+        "ece_floor_p95": float(floor[1]),
+        "ece_mass": float(_binned_ece(_mass_bins(confidence), gap)[0]),
+        "ece_mass_floor_median": float(mass_floor[0]),
+        "ece_mass_floor_p95": float(mass_floor[1]),
         "mce": _ece(probs, targets, "max"),
         "brier": float(((probs - onehot) ** 2).sum(1).mean()),
         "nll": float(F.nll_loss(probs.clamp_min(1e-300).log(), targets)),

@@ -33,3 +33,8 @@ def label_index(value: Any, labels: Sequence[str]) -> int | None:
         return list(labels).index(name) if name in labels else None
     is_index = not isinstance(value, bool) and isinstance(value, int | float) and float(value).is_integer()
     return int(value) if is_index and 0 <= int(value) < len(labels) else None
+
+
+# How much test accuracy (in points) a faster variant may lose against fp32 and still be `serve`'s
+# default: export's model card states it, serve/options.py applies it.
+MAX_ACCURACY_LOSS_POINTS = 0.5

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import logging
 import shutil
@@ -29,14 +28,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from emotions_pl import slices
-from emotions_pl.artifact import calibration, checkpoint
+from emotions_pl.artifact import calibration, card, checkpoint, promotion, scoring
 from emotions_pl.artifact.predictor import INFO_FILE, MODEL_INPUTS, VARIANT_FILES, Predictor
 from emotions_pl.commands import tool_parser
 from emotions_pl.errors import CheckFailed
-from emotions_pl.files import atomic_write_text, publish_dir, staging_dir
+from emotions_pl.files import atomic_write_text, publish_dir, sha256, staging_dir
 
 # Tolerances (documented in docs/serving.md): fp32 and ONNX must match the checkpoint's logits closely
 # and agree on every label; int8 changes the weights, so only the labels are held to a floor.
@@ -71,22 +68,6 @@ PARITY_TEXTS = [
 
 class ExportError(CheckFailed):
     """An export that must not be published (failed parity); nothing is left behind."""
-
-
-class PromotionRefused(CheckFailed):
-    """The output folder holds a better model than the candidate; nothing was replaced (exit 1)."""
-
-
-# The promotion gate compares this test metric (macro-F1: the metric checkpoints are selected on).
-GATE_METRIC = "f1_macro"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _Wrapped(torch.nn.Module):
@@ -180,56 +161,63 @@ def check_parity(
 
 
 def calibrate(fit: checkpoint.FitCheckpoint, data: Path | None) -> dict[str, Any]:
-    """Fit T on the validation split of the ``data`` folder with the checkpoint's fp32 logits and fold
-    it into ``fit.model``; the record for export_info. Without a data folder nothing is folded (T = 1).
-    Raises ``ExportError`` if the folded model's logits are not the old ones over T, or a label moved."""
+    """Fit a calibrator on the validation split of the ``data`` folder with the checkpoint's fp32 logits
+    (temperature or vector scaling, chosen by cross-validated NLL: ``calibration.choose``) and fold it
+    into ``fit.model``; the record for export_info. Without a data folder nothing is folded. Raises
+    ``ExportError`` if the folded model's logits are not the calibrator's map of the old ones (or, for
+    temperature, if a label moved)."""
     from emotions_pl import tables
 
     if data is None or not data.is_dir():
         why = (
             "no --data" if data is None else f"--data {data} is a file, not a folder with a validation split"
         )
-        print(f"calibration: {why}; nothing folded (T = 1)")
-        return {"temperature": 1.0, "fitted_on": None, "folded": False, "note": f"{why}: scores are raw"}
+        print(f"calibration: {why}; nothing folded")
+        return {
+            **calibration.Affine.identity(len(fit.labels)).record(),
+            "fitted_on": None,
+            "folded": False,
+            "note": f"{why}: scores are raw",
+        }
     path = tables.find_split_file(data, "validation")
     texts, targets = tables.read_split(path, fit.labels, "validation")
     logits = fit.predictor().predict_logits(texts)
-    temperature = calibration.fit_temperature(logits, targets)
+    affine, choice = calibration.choose(logits, targets)
     before = fit.predictor().predict_logits(PARITY_TEXTS)
-    module = calibration.fold_temperature(fit.model, temperature, len(fit.labels))
+    module = calibration.fold(fit.model, affine, len(fit.labels))
     after = fit.predictor().predict_logits(PARITY_TEXTS)
-    diff = float(np.abs(after - before / temperature).max())
-    if diff > MAX_LOGIT_DIFF or not (after.argmax(-1) == before.argmax(-1)).all():
-        raise ExportError(
-            f"folding T = {temperature:.4f} into {module} changed the labels or logits (max {diff})"
-        )
+    diff = float(np.abs(after - affine.apply(before)).max())
+    moved = affine.keeps_argmax and not (after.argmax(-1) == before.argmax(-1)).all()
+    if diff > MAX_LOGIT_DIFF or moved:
+        raise ExportError(f"folding {affine.method} scaling into {module} changed the logits (max {diff})")
     record = {
-        "temperature": temperature,
+        **affine.record(),
         "fitted_on": "validation",
         "folded": True,
         "folded_into": f"{module}.weight, {module}.bias",
-        "method": "LBFGS on log T minimising validation NLL (fp32 logits of the checkpoint)",
+        "choice": choice,
         "data": str(path.resolve()),
         "sha256": sha256(path),
         "n": len(texts),
         "nll_before": calibration.nll(logits, targets),
-        "nll_after": calibration.nll(logits, targets, temperature),
-        "argmax_unchanged": True,  # checked above on the parity texts; logits / T > 0 cannot reorder
+        "nll_after": calibration.nll(affine.apply(logits), targets),
+        # temperature cannot reorder the logits; vector scaling may move a label, and so accuracy
+        "argmax_unchanged": affine.keeps_argmax,
     }
     print(
-        f"calibration: T = {temperature:.4f} on {len(texts)} validation texts, NLL "
+        f"calibration: {affine.method} scaling on {len(texts)} validation texts ({choice['why']}), NLL "
         f"{record['nll_before']:.4f} -> {record['nll_after']:.4f}; folded into {module}"
     )
     return record
 
 
 def score_variants(
-    folder: Path, variants: list[str], data: Path, labels: list[str], temperature: float = 1.0
+    folder: Path, variants: list[str], data: Path, labels: list[str], affine: calibration.Affine
 ) -> dict[str, Any]:
-    """Accuracy and macro-F1 of each variant on the test split, through the Predictor the server uses;
-    calibration of its scores as exported (``after``) and with T undone (``before``: logits x T), and
-    the slices (``slices.py``)."""
-    from emotions_pl import metrics, tables
+    """Each variant on the test split, through the Predictor the server uses: accuracy, macro-F1 and
+    per-class F1 with 95 % intervals, calibration as exported (``after``) and with the calibrator undone
+    (``before``), and the slices (``scoring.variant``)."""
+    from emotions_pl import tables
 
     path = tables.find_split_file(data, "test") if data.is_dir() else data
     texts, targets = tables.read_split(path, labels, "test")
@@ -239,243 +227,21 @@ def score_variants(
         start = time.perf_counter()
         logits = Predictor.from_folder(folder, variant).predict_logits(texts)
         seconds = time.perf_counter() - start
-        predicted = logits.argmax(-1)
-        values = metrics.scores(predicted, targets, len(labels))
         scored[variant] = {
             "data": str(path.resolve()),
             "sha256": digest,
             "n": len(texts),
-            "accuracy": round(values["acc"], 6),
-            "f1_macro": round(values["f1_macro"], 6),
             "texts_per_s": round(len(texts) / seconds, 1),  # this machine, at export time: for the record
-            "calibration": {
-                stage: {k: round(v, 6) for k, v in metrics.calibration(metrics.softmax64(z), targets).items()}
-                for stage, z in (("before", logits * temperature), ("after", logits))
-            },
-            "slices": slices.table(texts, predicted, targets, len(labels)),
+            **scoring.variant(logits, texts, targets, labels, affine),
         }
-        after = scored[variant]["calibration"]["after"]
+        s = scored[variant]
+        acc = s["intervals"]["acc"]
         print(
-            f"test  {variant:>5}: accuracy {values['acc']:.4f}, macro-F1 {values['f1_macro']:.4f}, "
-            f"ECE {after['ece']:.4f} on {len(texts)} texts of {path}"
+            f"test  {variant:>5}: accuracy {s['accuracy']:.4f} [{acc['ci_low']:.4f}, {acc['ci_high']:.4f}], "
+            f"macro-F1 {s['f1_macro']:.4f}, ECE {s['calibration']['after']['ece']:.4f} on {len(texts)} "
+            f"texts of {path}"
         )
     return scored
-
-
-def gate_scores(info: dict[str, Any]) -> dict[str, float]:
-    """The test ``GATE_METRIC`` values an export records, by basis, in the order the gate prefers them:
-    fp32 scored by ``--data`` on a test file (named by its sha256), then the run's ``test`` metrics."""
-    found = {}
-    fp32 = (info.get("variants", {}).get("fp32") or {}).get("test") or {}
-    if isinstance(fp32.get(GATE_METRIC), int | float):
-        found[f"fp32 on the test file sha256 {fp32.get('sha256', '?')[:12]}"] = float(fp32[GATE_METRIC])
-    test = (info.get("metrics") or {}).get("test") or {}
-    if isinstance(test.get(f"test/{GATE_METRIC}"), int | float):
-        found["the run's test metrics (run.json)"] = float(test[f"test/{GATE_METRIC}"])
-    return found
-
-
-def promotion(output: Path, info: dict[str, Any], force: bool = False) -> dict[str, Any] | None:
-    """The promotion gate: ``None`` when ``output`` holds no export; otherwise what is being replaced and
-    why. Raises ``PromotionRefused`` when the current model is better by a recorded test metric both
-    exports share (or only the current one records one), unless ``force``."""
-    path = output / INFO_FILE
-    if not path.is_file():
-        return None
-    try:
-        current = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, OSError):
-        current = {}
-    source = current.get("source_checkpoint") or {}
-    record: dict[str, Any] = {
-        "previous": {
-            "name": current.get("name"),
-            "created": current.get("created"),
-            "source_checkpoint": {k: source.get(k) for k in ("path", "sha256", "epoch")},
-        },
-        "metric": f"test {GATE_METRIC}",
-        "forced": False,
-    }
-    if source.get("sha256") and source.get("sha256") == info["source_checkpoint"]["sha256"]:
-        record["decision"] = "re-export of the same checkpoint"
-        return record
-    new, old = gate_scores(info), gate_scores(current)
-    basis = next((k for k in new if k in old), None)
-    if basis is not None:
-        record |= {"basis": basis, "previous_score": old[basis], "candidate_score": new[basis]}
-        if new[basis] >= old[basis]:
-            record["decision"] = (
-                f"promoted: test {GATE_METRIC} {new[basis]:.4f} >= {old[basis]:.4f} ({basis})"
-            )
-            return record
-        reason = (
-            f"{output} holds a better model: test {GATE_METRIC} {old[basis]:.4f} against the candidate's "
-            f"{new[basis]:.4f} ({basis})"
-        )
-    elif old:
-        basis, value = next(iter(old.items()))
-        record |= {"basis": basis, "previous_score": value, "candidate_score": None}
-        reason = (
-            f"{output} holds a model with a recorded test {GATE_METRIC} ({value:.4f}, {basis}) and the "
-            "candidate records none to compare with it (run `test` on its checkpoint, or export with "
-            "--data on the same test file)"
-        )
-    else:
-        record["decision"] = f"replaced: the previous model records no test {GATE_METRIC} to compare"
-        return record
-    if not force:
-        raise PromotionRefused(f"{reason}; nothing was replaced. Pass --force to replace it anyway.")
-    record |= {"forced": True, "decision": f"forced (--force): {reason}"}
-    return record
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def calibration_section(record: dict[str, Any], tested: dict[str, Any]) -> list[str]:
-    """The card's calibration part: T, where it was fitted, and test ECE / MCE / Brier / NLL per variant."""
-    lines = ["", "## Calibration", ""]
-    if not record.get("folded"):
-        return [*lines, f"Not temperature-scaled ({record.get('note', 'exported before calibration')})."]
-    lines.append(
-        f"Temperature T = {record['temperature']:.4f}, fitted by NLL on the {record['fitted_on']} split "
-        f"({record['n']} texts: NLL {record['nll_before']:.4f} -> {record['nll_after']:.4f}) and folded "
-        f"into `{record['folded_into']}`, so every variant and a plain `pipeline` return calibrated "
-        "scores; the labels are unchanged."
-    )
-    rows = {n: t["calibration"] for n, t in tested.items() if t.get("calibration")}
-    if rows:
-        lines += [
-            "",
-            "Test split, before (raw softmax) -> after scaling; ECE over 15 equal-width bins with its "
-            "bootstrap 95 % interval:",
-            "",
-            "| variant | ECE | ECE 95 % | MCE | Brier | NLL | accuracy |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for name, c in rows.items():
-            b, a = c["before"], c["after"]
-            lines.append(
-                f"| {name} | {b['ece']:.4f} -> {a['ece']:.4f} | [{a['ece_low']:.4f}, {a['ece_high']:.4f}] | "
-                f"{b['mce']:.4f} -> {a['mce']:.4f} | {b['brier']:.4f} -> {a['brier']:.4f} | "
-                f"{b['nll']:.4f} -> {a['nll']:.4f} | {a['acc']:.4f} |"
-            )
-    return lines
-
-
-def slice_section(tested: dict[str, Any]) -> list[str]:
-    """The card's per-slice table (test split): size, and accuracy / macro-F1 per variant."""
-    scored = {n: {r["slice"]: r for r in t["slices"]} for n, t in tested.items() if t.get("slices")}
-    if not scored:
-        return []
-    first = next(iter(scored.values()))
-    header = "| slice | n | " + " | ".join(f"{n} acc | {n} macro-F1" for n in scored) + " |"
-    lines = ["", "## Test split per slice", "", header, "|---|---|" + "---|---|" * len(scored)]
-    for name, row in first.items():
-        cells = [
-            f"{_fmt(v[name]['acc'])} | {_fmt(v[name]['f1_macro'])}" if v[name]["n"] else "- | -"
-            for v in scored.values()
-        ]
-        size = f"{row['n']} (< {slices.MIN_SIZE}: small)" if row["small"] else str(row["n"])
-        lines.append(f"| {name}: {row['description']} | {size} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def model_card(
-    info: dict[str, Any], hparams: dict[str, Any], data: dict[str, Any], train: dict[str, Any]
-) -> str:
-    """README.md in the Hugging Face style: front matter, what it is, how it was trained, how well it does."""
-    labels = ", ".join(info["labels"])
-    origin = (
-        f"Trained from a random initialisation (tokenizer of `{info['base_model']}`)"
-        if hparams.get("random_init_config")
-        else f"Fine-tuned from `{info['base_model']}`"
-    )
-    lines = [
-        "---",
-        "language: en",
-        "library_name: transformers",
-        "pipeline_tag: text-classification",
-        "tags: [emotion, text-classification, emotions_pl]",
-        "---",
-        "",
-        f"# {info['name']}",
-        "",
-        f"Classifies the emotion of a short English text into one of: {labels}.",
-        f"{origin} ({info['architecture']}) with emotions_pl (PyTorch Lightning).",
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "from transformers import pipeline",
-        f'clf = pipeline("text-classification", model="{info["name"]}", top_k=None)',
-        'clf("i feel wonderful today", truncation=True)  # truncation: texts over max_length tokens',
-        "```",
-        "",
-        f"Serve it: `python -m emotions_pl serve --model {info['name']}` (docs/serving.md).",
-        "",
-        "## Data",
-        "",
-        f"- source: `{data.get('source') or '$EMOTIONS_DATA_DIR (a local train/validation/test folder)'}`",
-        f"- labels (index order): {labels}",
-        f"- max_length: {info['max_length']} tokens (longer texts are truncated)",
-        "",
-        "## Training config",
-        "",
-        "```yaml",
-        yaml.safe_dump({"model": hparams, "data": data, **train}, sort_keys=False).rstrip(),
-        "```",
-        "",
-        "## Metrics (this checkpoint)",
-        "",
-    ]
-    metrics = info.get("metrics") or {}
-    if not metrics:
-        lines.append("No validation or test metrics were found for this checkpoint.")
-    for split, values in metrics.items():
-        lines.append(f"- {split} ({values.get('source', '')}):")
-        lines += [f"  - `{k}`: {_fmt(v)}" for k, v in values.items() if k not in {"source"}]
-    lines += [
-        "",
-        "## Export and parity",
-        "",
-        f"Source checkpoint sha256: `{info['source_checkpoint']['sha256']}`.",
-        "",
-    ]
-    lines += ["| variant | file | max abs logit diff | label agreement |", "|---|---|---|---|"]
-    for name, variant in info["variants"].items():
-        p = variant["parity"]
-        lines.append(
-            f"| {name} | `{variant['path']}` | {p['max_abs_logit_diff']:.2e} | {p['label_agreement']:.3f} |"
-        )
-    tested = {name: v["test"] for name, v in info["variants"].items() if v.get("test")}
-    if tested:
-        first = next(iter(tested.values()))
-        lines += [
-            "",
-            "## Test split per variant",
-            "",
-            f"`{first['data']}` ({first['n']} texts, sha256 `{first['sha256'][:12]}`), scored by the "
-            "Predictor the server uses. `serve` defaults to the fastest variant within 0.5 points of fp32.",
-            "",
-            "| variant | accuracy | macro-F1 |",
-            "|---|---|---|",
-        ]
-        lines += [f"| {n} | {t['accuracy']:.4f} | {t['f1_macro']:.4f} |" for n, t in tested.items()]
-    lines += calibration_section(info.get("calibration") or {}, tested)
-    lines += slice_section(tested)
-    replaced = info.get("replaced")
-    if replaced:
-        previous = replaced["previous"]
-        lines += [
-            "",
-            "## Replaces",
-            "",
-            f"This export replaced `{previous.get('name')}` (created {previous.get('created')}, source "
-            f"checkpoint sha256 `{previous['source_checkpoint'].get('sha256')}`): {replaced['decision']}.",
-        ]
-    return "\n".join(lines) + "\n"
 
 
 def export(
@@ -497,9 +263,9 @@ def export(
     model, tokenizer, labels = fit.model, fit.tokenizer, fit.labels
     if data is None:  # the gate's answer is known now: refuse before the work, not after
         candidate = {"source_checkpoint": {"sha256": sha256(ckpt_path)}, "metrics": fit.metrics()}
-        promotion(output, candidate, force)
+        promotion.promotion(output, candidate, force)
     tokenizer.model_max_length = fit.max_length  # pipeline(..., truncation=True) then cuts where training did
-    calibrated = calibrate(fit, data)  # before anything is written: every variant then carries 1/T
+    calibrated = calibrate(fit, data)  # before anything is written: every variant carries it
     reference = reference_logits(fit.predictor())
 
     tmp = staging_dir(output)
@@ -535,16 +301,15 @@ def export(
             parity = check_parity(tmp, variant, reference, max_diff, min_int8_agreement)
             info["variants"][variant] = {"path": VARIANT_FILES[variant], "parity": parity}
         if data is not None:
-            for variant, scored in score_variants(
-                tmp, wanted, data, labels, calibrated["temperature"]
-            ).items():
+            affine = calibration.Affine.from_record(calibrated, len(labels))
+            for variant, scored in score_variants(tmp, wanted, data, labels, affine).items():
                 info["variants"][variant]["test"] = scored
-        replaced = promotion(output, info, force)
+        replaced = promotion.promotion(output, info, force)
         if replaced is not None:
             info["replaced"] = replaced
             print(f"replacing {output}: {replaced['decision']}")
         training = {"trainer": fit.run.get("trainer", {}), "seed_everything": fit.data.get("seed")}
-        atomic_write_text(tmp / "README.md", model_card(info, fit.hparams, fit.data, training))
+        atomic_write_text(tmp / "README.md", card.model_card(info, fit.hparams, fit.data, training))
         atomic_write_text(tmp / INFO_FILE, json.dumps(info, indent=2))
         publish_dir(tmp, output, stop_requested=_stop_requested)
     finally:

@@ -24,10 +24,10 @@ import numpy as np
 
 from emotions_pl import sources, tables
 from emotions_pl.artifact import checkpoint
-from emotions_pl.artifact.export import sha256
 from emotions_pl.artifact.predictor import VARIANT_FILES, Predictor, read_info
 from emotions_pl.commands import tool_parser
 from emotions_pl.errors import UserError
+from emotions_pl.files import sha256
 from emotions_pl.schema import LABELS
 from emotions_pl.train import distill
 

@@ -58,9 +58,16 @@ def write_report(
     import numpy as np
 
     from emotions_pl import metrics, plots
+    from emotions_pl.artifact import scoring
 
     report = metrics.report(probs, targets, labels)
     values, table = report["metrics"], report["per_class"]
+    # the headline metrics' 95 % intervals beside them (scalar keys: `dvc metrics diff` shows them)
+    found = scoring.quality(probs.argmax(1), targets, labels)["intervals"]
+    for metric in ("acc", "f1_macro"):
+        values |= {f"test/{metric}_ci_{end}": found[metric][f"ci_{end}"] for end in ("low", "high")}
+    for label, entry in found["f1"].items():
+        values |= {f"test/f1/{label}_ci_{end}": entry[f"ci_{end}"] for end in ("low", "high")}
     names = np.array(labels)
     predictions = [
         {"actual": a, "predicted": p, "score": round(float(s), 6)}
@@ -105,7 +112,19 @@ def evaluate(
     return write_report(output, probs, np.asarray(targets), fit.labels, fit.run)
 
 
-CALIBRATION_KEYS = ("ece", "ece_low", "ece_high", "mce", "brier", "nll", "acc")
+CALIBRATION_KEYS = (
+    "ece",
+    "ece_low",
+    "ece_high",
+    "ece_floor_median",
+    "ece_floor_p95",
+    "ece_mass",
+    "ece_mass_floor_p95",
+    "mce",
+    "brier",
+    "nll",
+    "acc",
+)
 RELIABILITY_COLUMNS = ["bin", "bin_mid", "ideal"] + [
     f"{field}_{stage}" for stage in ("before", "after") for field in ("count", "confidence", "accuracy")
 ]
@@ -126,86 +145,73 @@ def reliability_csv(stages: dict[str, list[dict[str, Any]]]) -> str:
     return csv_text(rows, RELIABILITY_COLUMNS)
 
 
-def calibration_markdown(temperature: float, scored: dict[str, dict[str, dict[str, float]]]) -> str:
-    lines = [
-        f"Temperature T = {temperature:.4f} (1: not scaled). Test split; before = raw softmax "
-        "(the exported logits x T), after = as exported. ECE over 15 equal-width bins, 95 % bootstrap.",
-        "",
-        "| variant | stage | ECE | ECE 95 % | MCE | Brier | NLL | accuracy |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for variant, stages in scored.items():
-        for stage, c in stages.items():
-            lines.append(
-                f"| {variant} | {stage} | {c['ece']:.4f} | [{c['ece_low']:.4f}, {c['ece_high']:.4f}] | "
-                f"{c['mce']:.4f} | {c['brier']:.4f} | {c['nll']:.4f} | {c['acc']:.4f} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def slices_markdown(rows: list[dict[str, Any]]) -> str:
-    from emotions_pl.slices import MIN_SIZE
-
-    lines = ["| slice | texts | accuracy | macro-F1 |", "|---|---|---|---|"]
-    for r in rows:
-        size = f"{r['n']} (small: < {MIN_SIZE})" if r["small"] else str(r["n"])
-        acc, f1 = ("-", "-") if r["acc"] is None else (f"{r['acc']:.4f}", f"{r['f1_macro']:.4f}")
-        lines.append(f"| {r['slice']}: {r['description']} | {size} | {acc} | {f1} |")
-    return "\n".join(lines) + "\n"
-
-
 def evaluate_export(model_dir: Path, data: Path, output: Path, batch_size: int = 64) -> dict[str, float]:
     """Score every variant of an export folder (CPU, as the server runs it) and write the reports."""
     import numpy as np
 
-    from emotions_pl import metrics, plots, quality, slices
+    from emotions_pl import metrics, plots, quality, tables
+    from emotions_pl.artifact import scoring
+    from emotions_pl.artifact.calibration import Affine
     from emotions_pl.artifact.predictor import Predictor, read_info
     from emotions_pl.schema import SPLITS
-    from emotions_pl.tables import read_split
     from emotions_pl.train import summary
 
     if not data.exists():  # before the slow part
         raise UserError(f"--data {data}: no such data file or folder.")
     info = read_info(model_dir)
     labels = list(info["labels"])
-    temperature = float((info.get("calibration") or {}).get("temperature", 1.0))
-    texts, targets = read_split(data, labels)
+    record = info.get("calibration") or {}
+    affine = Affine.from_record(record, len(labels))
+    texts, targets = tables.read_split(data, labels)
     targets = np.asarray(targets)
+    validation = None  # the calibrator's own split: its ECE against its floor tells shift from misfit
+    if data.is_dir():
+        found = tables.read_split(tables.find_split_file(data, "validation"), labels, "validation")
+        validation = (found[0], np.asarray(found[1]))
 
-    scored: dict[str, dict[str, dict[str, float]]] = {}
+    scored: dict[str, dict[str, Any]] = {}
     curves: dict[str, dict[str, list[dict[str, Any]]]] = {}
     probs: dict[str, np.ndarray] = {}
     for variant in info.get("variants") or {"fp32": {}}:
-        logits = Predictor.from_folder(model_dir, variant).predict_logits(texts, batch_size)
-        stages = {"before": metrics.softmax64(logits * temperature), "after": metrics.softmax64(logits)}
-        if not (stages["before"].argmax(1) == stages["after"].argmax(1)).all():
-            raise AssertionError(f"{variant}: scaling by T = {temperature} changed a label")
-        scored[variant] = {k: metrics.calibration(p, targets) for k, p in stages.items()}
-        curves[variant] = {k: metrics.reliability_bins(p, targets) for k, p in stages.items()}
-        probs[variant] = stages["after"]
+        predictor = Predictor.from_folder(model_dir, variant)
+        logits = predictor.predict_logits(texts, batch_size)
+        if affine.keeps_argmax and not (affine.undo(logits).argmax(1) == logits.argmax(1)).all():
+            raise AssertionError(f"{variant}: undoing {affine.method} scaling changed a label")
+        scored[variant] = scoring.variant(logits, texts, targets, labels, affine)
+        if validation is not None:  # the split the calibrator was fitted on: before and after it
+            val_logits = predictor.predict_logits(validation[0], batch_size)
+            for stage, z in (("validation_before", affine.undo(val_logits)), ("validation", val_logits)):
+                found = metrics.calibration(metrics.softmax64(z), validation[1])
+                scored[variant]["calibration"][stage] = scoring.rounded(found)
+        stages = {"before": affine.undo(logits), "after": logits}
+        curves[variant] = {
+            k: metrics.reliability_bins(metrics.softmax64(z), targets) for k, z in stages.items()
+        }
+        probs[variant] = metrics.softmax64(logits)
         atomic_write_text(output / "reliability" / f"{variant}.csv", reliability_csv(curves[variant]))
 
     source = (info.get("source_checkpoint") or {}).get("path")
     run = summary.read(summary.find(Path(source))) if source else {}
     main = "fp32" if "fp32" in probs else next(iter(probs))
     values = write_report(output, probs[main], targets, labels, run)
-    for variant, stages in scored.items():
-        for stage, c in stages.items():
-            values |= {f"calibration/{variant}/{stage}/{k}": round(c[k], 6) for k in CALIBRATION_KEYS}
-    values["calibration/temperature"] = round(temperature, 6)
+    for variant, s in scored.items():
+        values |= scoring.metric_keys(variant, s)
+        for stage, c in s["calibration"].items():
+            values |= {f"calibration/{variant}/{stage}/{k}": c[k] for k in CALIBRATION_KEYS}
+    if affine.temperature is not None:
+        values["calibration/temperature"] = round(affine.temperature, 6)
 
-    predicted = probs[main].argmax(1)
-    rows = slices.table(texts, predicted, targets, len(labels))
+    rows = scored[main]["slices"]
     for r in rows[1:]:  # "all" is test/acc and test/f1_macro already
         values |= {f"slices/{r['slice']}/{k}": r[k] for k in ("n", "acc", "f1_macro") if r[k] is not None}
 
     findings: dict[str, Any] = {"note": f"--data {data} is one file: no other splits to compare"}
     if data.is_dir():
-        splits = {split: read_split(data, labels, split) for split in SPLITS}
+        splits = {split: tables.read_split(data, labels, split) for split in SPLITS}
         findings = quality.report(splits, labels)
         others = [t for split in SPLITS if split != "test" for t in splits[split][0]]
         kept = ~quality.leaked(texts, others)
-        clean = metrics.scores(predicted[kept], targets[kept], len(labels))
+        clean = metrics.scores(probs[main].argmax(1)[kept], targets[kept], len(labels))
         findings["test_without_cross_split"] = {
             "n": int(kept.sum()),
             "removed": int((~kept).sum()),
@@ -215,17 +221,21 @@ def evaluate_export(model_dir: Path, data: Path, output: Path, batch_size: int =
         values |= {f"test_unleaked/{k}": v for k, v in findings["test_without_cross_split"].items()}
 
     atomic_write_text(output / "metrics.json", json.dumps(values, indent=2) + "\n")
-    record = {"temperature": temperature, "fitted": info.get("calibration"), "variants": scored}
-    atomic_write_text(output / "calibration.json", json.dumps(record, indent=2) + "\n")
-    atomic_write_text(output / "calibration.md", calibration_markdown(temperature, scored))
+    calibrations = {v: s["calibration"] for v, s in scored.items()}
+    calibration_record = {"calibrator": record, "variants": calibrations}
+    atomic_write_text(output / "calibration.json", json.dumps(calibration_record, indent=2) + "\n")
+    atomic_write_text(output / "calibration.md", scoring.calibration_markdown(record, calibrations))
+    intervals = {v: {k: s[k] for k in ("accuracy", "f1_macro", "intervals")} for v, s in scored.items()}
+    atomic_write_text(output / "intervals.json", json.dumps(intervals, indent=2) + "\n")
+    atomic_write_text(output / "intervals.md", scoring.quality_markdown(scored))
     legend = {
-        v: {f"{k} (ECE {scored[v][k]['ece']:.3f})": bins for k, bins in stages.items()}
+        v: {f"{k} (ECE {scored[v]['calibration'][k]['ece']:.3f})": bins for k, bins in stages.items()}
         for v, stages in curves.items()
     }
-    figure = plots.reliability_figure(legend, f"test reliability, T = {temperature:.3f} (n={len(targets)})")
-    atomic_write_bytes(output / "reliability.png", plots.png_bytes(figure))
+    title = f"test reliability, {affine.method} scaling (n={len(targets)})"
+    atomic_write_bytes(output / "reliability.png", plots.png_bytes(plots.reliability_figure(legend, title)))
     atomic_write_text(output / "slices.json", json.dumps(rows, indent=2) + "\n")
-    atomic_write_text(output / "slices.md", slices_markdown(rows))
+    atomic_write_text(output / "slices.md", scoring.slices_markdown({main: rows}))
     atomic_write_text(output / "data_quality.json", json.dumps(findings, indent=2, ensure_ascii=False) + "\n")
     return values
 
@@ -253,7 +263,11 @@ def run(args: argparse.Namespace) -> int:
         values = evaluate_export(args.model, args.data, args.output, args.batch_size)
     else:
         values = evaluate(args.ckpt, args.data, args.output, args.batch_size, args.device)
-    headline = ", ".join(f"{k}={values[k]:.4f}" for k in ("test/acc", "test/f1_macro", "test/loss"))
+    headline = ", ".join(
+        f"{k}={values[k]:.4f} [{values[k + '_ci_low']:.4f}, {values[k + '_ci_high']:.4f}]"
+        for k in ("test/acc", "test/f1_macro")
+    )
+    headline += f", test/loss={values['test/loss']:.4f}"
     ece = [k.split("/")[1:3] for k in values if k.startswith("calibration/") and k.endswith("/ece")]
     if ece:  # e.g. "ECE fp32 before 0.0412, fp32 after 0.0095"
         shown = (f"{v} {stage} {values[f'calibration/{v}/{stage}/ece']:.4f}" for v, stage in ece)

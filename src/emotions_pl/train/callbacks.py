@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -139,13 +140,22 @@ class RunSummary(Callback):
     def __init__(self) -> None:
         self.epochs: list[dict[str, Any]] = []
         self.train_loss: list[list[float]] = []
+        self.seconds = 0.0  # wall time of the fit before this process (a resumed fit's earlier part)
+        self._started = time.monotonic()
+
+    def elapsed(self) -> float:
+        return self.seconds + time.monotonic() - self._started
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "train_loss": self.train_loss}
+        return {"epochs": self.epochs, "train_loss": self.train_loss, "seconds": self.elapsed()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epochs = list(state_dict.get("epochs", []))
         self.train_loss = list(state_dict.get("train_loss", []))
+        self.seconds = float(state_dict.get("seconds", 0.0))
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started = time.monotonic()
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx
@@ -182,6 +192,7 @@ class RunSummary(Callback):
             "train_loss": self.train_loss,
             "metrics": _floats(trainer.callback_metrics),
             "global_step": trainer.global_step,
+            "fit_seconds": round(self.elapsed(), 1),
             "model": _public(pl_module.hparams),
             "data": _public(datamodule.hparams) if datamodule is not None else {},
             "trainer": {k: _jsonable(getattr(trainer, k, None)) for k in TRAINER_KEYS},

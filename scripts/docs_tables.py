@@ -1,0 +1,214 @@
+"""Write every generated table in the docs from the committed result files, or check that they agree.
+
+    .venv/bin/python scripts/docs_tables.py           # rewrite the blocks in README.md and docs/
+    .venv/bin/python scripts/docs_tables.py --check   # exit 1, naming the block, if any is stale
+
+A block sits between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->``; everything else in a doc
+is prose and stays as written. The sources: ``reports/metrics.json`` (the pipeline model, written by
+``dvc repro``'s ``evaluate`` stage) and the seed studies in ``results/seeds/`` (``emotions-pl seeds``).
+``tests/test_docs.py`` runs ``--check``, so a number in the docs cannot drift from its file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+METRICS = Path("reports") / "metrics.json"  # paths relative to the checkout (--root)
+SEEDS = Path("results") / "seeds"
+LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
+BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end: (?P=name) -->)", re.S)
+
+
+ROOT = REPO  # the checkout whose docs and files are read: --root (tests point it at a copy)
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads((ROOT / path).read_text(encoding="utf-8"))
+
+
+def ci(values: dict[str, Any], key: str) -> str:
+    return f"{values[key]:.4f} [{values[key + '_ci_low']:.4f}, {values[key + '_ci_high']:.4f}]"
+
+
+def headline() -> str:
+    m = load(METRICS)
+    return (
+        f"**Pipeline model** (`dvc repro`: MiniLM-L6, seed 42), test split of 2,000 texts: accuracy "
+        f"{ci(m, 'test/acc')}, macro-F1 {ci(m, 'test/f1_macro')}, surprise F1 {ci(m, 'test/f1/surprise')} "
+        "(95 % bootstrap intervals; `reports/metrics.json`).\n"
+    )
+
+
+def pipeline_table() -> str:
+    m = load(METRICS)
+    lines = ["| metric | test value [95 % interval] |", "|---|---:|"]
+    lines += [f"| accuracy | {ci(m, 'test/acc')} |", f"| macro-F1 | {ci(m, 'test/f1_macro')} |"]
+    lines += [f"| F1 {label} | {ci(m, f'test/f1/{label}')} |" for label in LABELS]
+    variants = sorted({k.split("/")[1] for k in m if k.startswith("variants/")})
+    lines += ["", "| variant | accuracy [95 %] | macro-F1 [95 %] |", "|---|---:|---:|"]
+    lines += [f"| {v} | {ci(m, f'variants/{v}/acc')} | {ci(m, f'variants/{v}/f1_macro')} |" for v in variants]
+    return "\n".join(lines) + "\n"
+
+
+def calibration_table() -> str:
+    m = load(METRICS)
+    variants = sorted({k.split("/")[1] for k in m if k.startswith("calibration/") and k.count("/") == 3})
+    lines = [
+        "| variant | split, stage | ECE [95 %] | perfectly calibrated: median / 95th pct | equal-mass ECE "
+        "| its floor 95th pct | NLL | accuracy |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for v in variants:
+        stages = (
+            ("validation_before", "validation, raw"),
+            ("validation", "validation, calibrated"),
+            ("before", "test, raw"),
+            ("after", "test, calibrated"),
+        )
+        for stage, where in stages:
+            p = f"calibration/{v}/{stage}/"
+            if p + "ece" not in m:
+                continue
+            lines.append(
+                f"| {v} | {where} | {m[p + 'ece']:.4f} [{m[p + 'ece_low']:.4f}, {m[p + 'ece_high']:.4f}] | "
+                f"{m[p + 'ece_floor_median']:.4f} / {m[p + 'ece_floor_p95']:.4f} | {m[p + 'ece_mass']:.4f} | "
+                f"{m[p + 'ece_mass_floor_p95']:.4f} | {m[p + 'nll']:.4f} | {m[p + 'acc']:.4f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def interval(entry: dict[str, float]) -> str:
+    return f"{entry['value']:.4f} [{entry['ci_low']:.4f}, {entry['ci_high']:.4f}]"
+
+
+def mean_std(summary: dict[str, Any]) -> str:
+    return f"{summary['mean']:.4f} ± {summary['std']:.4f}"
+
+
+def seed_table(name: str) -> Callable[[], str]:
+    """Per seed: best epoch, validation and test accuracy / macro-F1, surprise F1; then mean ± std."""
+
+    def render() -> str:
+        study = load(SEEDS / f"{name}.json")
+        lines = [
+            "| seed | best epoch | val acc | val macro-F1 | test acc [95 %] | test macro-F1 [95 %] "
+            "| test surprise F1 |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for s in study["seeds"]:
+            v, t = s["validation"], s["test"]
+            lines.append(
+                f"| {s['seed']} | {s['epoch']} | {v['acc']['value']:.4f} | {v['f1_macro']['value']:.4f} | "
+                f"{interval(t['acc'])} | {interval(t['f1_macro'])} | "
+                f"{t['f1']['surprise']['value']:.4f} |"
+            )
+        sv, st = study["summary"]["validation"], study["summary"]["test"]
+        lines.append(
+            f"| mean ± std | | {mean_std(sv['acc'])} | {mean_std(sv['f1_macro'])} | {mean_std(st['acc'])} | "
+            f"{mean_std(st['f1_macro'])} | {mean_std(st['f1']['surprise'])} |"
+        )
+        return "\n".join(lines) + "\n"
+
+    return render
+
+
+def comparison(name: str) -> Callable[[], str]:
+    """The ``compare`` a seed study ran against its reference: B - A with intervals, McNemar, verdict."""
+
+    def render() -> str:
+        c = load(SEEDS / f"{name}.json")["reference"]["comparison"]
+        a, b = c["names"]["a"], c["names"]["b"]
+        lines = [
+            f"A = `{a}` ({len(c['members']['a'])} seeds), B = `{b}` ({len(c['members']['b'])} seeds), "
+            f"{c['rows']} test texts:",
+            "",
+            "| metric | A | B | B - A [95 % paired bootstrap] |",
+            "|---|---:|---:|---:|",
+        ]
+        for metric, title in (("acc", "accuracy"), ("f1_macro", "macro-F1")):
+            d = c["difference"][metric]
+            lines.append(
+                f"| {title} | {c['a'][metric]:.4f} | {c['b'][metric]:.4f} | "
+                f"{d['value']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] |"
+            )
+        s = c["f1_per_class"]["surprise"]
+        lines.append(
+            f"| surprise F1 | {s['a']:.4f} | {s['b']:.4f} | "
+            f"{s['difference']:+.4f} [{s['ci_low']:+.4f}, {s['ci_high']:+.4f}] |"
+        )
+        tests = "; ".join(
+            f"seed pair {t['a'] + 1}: {t['only_a']} vs {t['only_b']} rows, p = {t['p']:.3f}"
+            for t in c["mcnemar"]
+        )
+        lines += [
+            "",
+            f"McNemar (rows only A / only B gets right): {tests}.",
+            "",
+            f"**Verdict: {c['verdict']}.**",
+        ]
+        return "\n".join(lines) + "\n"
+
+    return render
+
+
+# Each block's name -> what writes it. A block whose source file is missing is left as it is.
+RENDERERS: dict[str, tuple[Path, Callable[[], str]]] = {
+    "headline": (METRICS, headline),
+    "pipeline-metrics": (METRICS, pipeline_table),
+    "pipeline-calibration": (METRICS, calibration_table),
+    "seeds-head": (SEEDS / "head.json", seed_table("head")),
+    "seeds-loader67": (SEEDS / "loader67.json", seed_table("loader67")),
+    "compare-loader": (SEEDS / "loader67.json", comparison("loader67")),
+}
+
+
+def rewrite(text: str, missing: list[str]) -> str:
+    def block(match: re.Match[str]) -> str:
+        name = match["name"]
+        if name not in RENDERERS:
+            raise SystemExit(f"error: unknown generated block {name!r}")
+        source, render = RENDERERS[name]
+        if not (ROOT / source).is_file():
+            missing.append(f"{name} ({source} is missing)")
+            return match[0]
+        return match[1] + render() + match[4]
+
+    return BLOCK.sub(block, text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is stale")
+    parser.add_argument("--root", type=Path, default=REPO, help="the checkout (default: this one)")
+    args = parser.parse_args()
+    global ROOT
+    ROOT = args.root.resolve()
+    stale, missing = [], []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = doc.read_text(encoding="utf-8")
+        new = rewrite(text, missing)
+        if new != text:
+            stale.append(str(doc.relative_to(ROOT)))
+            if not args.check:
+                doc.write_text(new, encoding="utf-8")
+    for name in missing:
+        print(f"skipped: {name}", file=sys.stderr)
+    if args.check and (stale or missing):
+        print(
+            f"stale generated tables in: {', '.join(stale) or '-'}; run scripts/docs_tables.py",
+            file=sys.stderr,
+        )
+        return 1
+    print(("stale: " if args.check else "rewrote: ") + (", ".join(stale) or "nothing"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
