@@ -94,7 +94,7 @@ def test_tools_that_do_not_train_never_import_lightning() -> None:
 
 def test_one_prediction_record_everywhere() -> None:
     from emotions_pl import schema
-    from emotions_pl.serve.server import Prediction
+    from emotions_pl.serve.contract import Prediction
 
     probs = [0.1, 0.5, 0.1, 0.1, 0.1, 0.1]
     record = schema.prediction(schema.LABELS, probs)

@@ -1,5 +1,5 @@
 """Monitoring configs (docker/monitoring): valid for Prometheus and Grafana, and every metric they query is
-one the server really exports -- checked against serve/server.py's metric objects, a live server's
+one the server really exports -- checked against serve/prometheus.py's metric objects, a live server's
 /metrics, and a real Prometheus scraping that server with the shipped config and rules."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO, run_main
-from emotions_pl.serve.server import KNOWN_PATHS, metrics
+from emotions_pl.serve.http import KNOWN_PATHS
+from emotions_pl.serve.prometheus import metrics
 from helpers import Server, free_port, wait_for
 
 MONITORING = REPO / "docker" / "monitoring"
@@ -47,7 +48,7 @@ def expressions() -> dict[str, str]:
 
 
 def exported_sample_names() -> set[str]:
-    """Sample names the server's metric objects produce (server.metrics() is what /metrics serves)."""
+    """Sample names the server's metric objects produce (prometheus.metrics() is what /metrics serves)."""
     names = set()
     for metric in vars(metrics()).values():
         for family in metric.collect():

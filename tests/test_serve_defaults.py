@@ -1,7 +1,11 @@
-"""The server's defaults without a server: the variant it picks, its threads, how it collects a batch."""
+"""The server's defaults without a server: the variant it picks, its threads, how it collects a batch, the
+settings the flags become, and how serve/ is laid out."""
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import json
 import os
 import queue
 import threading
@@ -95,7 +99,7 @@ def test_available_cores_honour_a_cgroup_quota(tmp_path: Path, cpu_max: str, cap
 
 
 def _loop_and_api(batch_timeout: float, max_batch_size: int = 8) -> tuple:
-    from emotions_pl.serve.server import OpportunisticLoop
+    from emotions_pl.serve.worker import OpportunisticLoop
 
     loop = OpportunisticLoop()
     loop._restart_workers = False
@@ -165,19 +169,19 @@ def test_a_request_that_waited_too_long_is_timed_out() -> None:
 )
 def test_blank_means_json_schema_white_space(text: str, blank: bool) -> None:
     """The server's "not blank" is the schema's pattern, as JSON Schema (ECMA-262) reads it."""
-    from emotions_pl.serve.server import _check_text
+    from emotions_pl.serve.contract import check_text
 
     if blank:
         with pytest.raises(ValueError, match="empty or only whitespace"):
-            _check_text(text)
+            check_text(text)
     else:
-        assert _check_text(text) == text
+        assert check_text(text) == text
 
 
 def test_a_lone_surrogate_is_replaced_not_a_500() -> None:
-    from emotions_pl.serve.server import _check_text
+    from emotions_pl.serve.contract import check_text
 
-    assert _check_text("ok \ud800") == "ok ?"
+    assert check_text("ok \ud800") == "ok ?"
 
 
 def test_the_page_is_package_data() -> None:
@@ -190,3 +194,74 @@ def test_the_page_is_package_data() -> None:
     package = root / "src" / "emotions_pl"
     files = [p.relative_to(package).as_posix() for p in (package / "serve" / "ui").iterdir()]
     assert files and all(any(fnmatch.fnmatch(f, g) for g in globs["emotions_pl"]) for f in files), files
+
+
+def _settings(tmp_path: Path, *flags: str, info: dict | None = None) -> tuple:
+    (tmp_path / "export_info.json").write_text(json.dumps(info or {"labels": [], "max_length": 8}))
+    args = options.build_parser().parse_args(["--model", str(tmp_path), *flags])
+    before = dict(vars(args))
+    return options.make_settings(args), args, before
+
+
+def test_the_flags_become_frozen_settings_and_the_namespace_is_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MY_KEY", "k")
+    settings, args, before = _settings(
+        tmp_path, "--threads", "3", "--port", "8123", "--api-key-env", "MY_KEY"
+    )
+    assert vars(args) == before  # nothing written back into argparse's namespace
+    assert (settings.variant, settings.threads, settings.port, settings.api_key) == ("fp32", 3, 8123, "k")
+    assert settings.said == ("variant fp32 (auto): " + settings.variant_reason,)  # threads were given
+    assert "'k'" not in repr(settings)  # the key is not printed with the settings
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.variant = "int8"  # type: ignore[misc]
+
+
+def test_settings_say_what_was_chosen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(options.API_KEY_ENV, raising=False)
+    settings, _, _ = _settings(tmp_path, "--variant", "onnx", "--workers-per-device", "2")
+    cores = options.available_cores()
+    assert settings.variant_reason == "chosen with --variant" and settings.api_key is None
+    assert settings.threads == options.default_threads(cores, 2, "onnx")
+    assert settings.said == (
+        f"threads {settings.threads} per inference worker (auto: {cores} cores, 2 workers)",
+    )
+
+
+SERVE = Path(__file__).resolve().parents[1] / "src" / "emotions_pl" / "serve"
+
+
+def _serve_imports(path: Path) -> set[str]:
+    """The serve modules a module imports, at the top or in a function."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return {n.split(".")[2] for n in names if n.startswith("emotions_pl.serve.")} & {
+        p.stem for p in SERVE.glob("*.py")
+    }
+
+
+def test_serve_modules_import_no_cycle_and_the_server_never_imports_options() -> None:
+    graph = {p.stem: _serve_imports(p) - {p.stem} for p in SERVE.glob("*.py")}
+    assert "options" not in set().union(*(deps for name, deps in graph.items() if name != "options"))
+    assert graph["options"] <= {"settings", "server"}  # server: only run()'s hand-over of the settings
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"import cycle: {' -> '.join((*path, name))}"
+        if name not in done:
+            for dep in graph[name]:
+                visit(dep, (*path, name))
+            done.add(name)
+
+    for name in graph:
+        visit(name, ())
+
+
+def test_no_serve_module_is_over_400_lines() -> None:
+    sizes = {p.name: len(p.read_text().splitlines()) for p in SERVE.glob("*.py")}
+    assert max(sizes.values()) <= 400, sizes

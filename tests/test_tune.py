@@ -20,7 +20,7 @@ import yaml
 
 from conftest import REPO, run_main
 from emotions_pl.errors import UserError
-from emotions_pl.train import tune
+from emotions_pl.train import storage, tune
 
 TINY_SPACE = REPO / "configs" / "tune" / "tiny.yaml"
 BAD_LR = 1e-9  # the start point configs/tune/tiny.yaml enqueues
@@ -114,14 +114,14 @@ def test_a_bad_pruner_or_sampler_names_what_is_wrong(tmp_path: Path) -> None:
 )
 def test_a_bad_storage_url_is_one_line(url: str, message: str) -> None:
     with pytest.raises(UserError) as error:
-        tune.open_storage(url)
+        storage.open_storage(url)
     assert message in str(error.value) and "\n" not in str(error.value)
     assert "s3cret" not in str(error.value)
 
 
 def _open(url: str, answers: multiprocessing.Queue) -> None:
     try:
-        tune.open_storage(url)
+        storage.open_storage(url)
         answers.put("ok")
     except UserError as error:
         answers.put(str(error))

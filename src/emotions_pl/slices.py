@@ -24,7 +24,7 @@ NEGATION = re.compile(
 FEEL = re.compile(r"\bfeel(?:ing)?\b")
 # Hashtags, mentions, URLs, and the "a href http" remnants of links that the data set's cleaning left.
 WEB = re.compile(r"#\w|@\w|https?://|\bwww\b|\bhttps?\b|\bhref\b")
-# From the error analysis of the pipeline model (docs/results.md, "Calibration and slices"): these words
+# From the error analysis of the pipeline model (docs/results.md#slices-and-data-quality): these words
 # mark fear and surprise alike in this data set (test: 19 fear, 26 surprise of 53), and a third of the
 # texts holding one are misclassified, against 7 % overall.
 STRANGE = re.compile(r"\b(?:strange|weird|curious|funny)\b")

@@ -143,20 +143,6 @@ def _check_classes(counts: np.ndarray, where: str, label_names: Sequence[str]) -
         )
 
 
-def validate_split(frame: pd.DataFrame, where: str, label_names: Sequence[str], row_offset: int) -> list[int]:
-    """Check every row of a frame and return the labels as indices; raise naming each bad row."""
-    _check_columns(frame.columns, where)
-    if frame.empty:
-        raise DataValidationError(f"{where}: the split is empty.")
-    checked = [row_problem(t, y, label_names) for t, y in zip(frame["text"], frame["label"], strict=True)]
-    problems = [f"row {i + row_offset}: {p}" for i, (_, p) in zip(frame.index, checked, strict=True) if p]
-    if problems:
-        raise _bad_rows(where, problems, len(problems))
-    labels = [y for y, _ in checked]
-    _check_classes(np.bincount(labels, minlength=len(label_names)), where, label_names)
-    return labels
-
-
 def _count_rows(path: Path) -> int:
     """Rows of one file without loading it, so that a row of a sharded split is named by its own file
     and line; a jsonl's blank lines fail here (Arrow's reader would skip them and shift the numbers)."""

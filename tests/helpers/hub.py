@@ -411,19 +411,15 @@ def build_emotion_repo(source: Path, out: Path, labels: list[str], repo_id: str 
     written by ``datasets`` (its features, with the ``ClassLabel``, in the parquet schema metadata)."""
     import datasets
 
-    from emotions_pl.tables import find_split_file, read_table, validate_split
+    from emotions_pl.tables import find_split_file, read_split
 
     features = datasets.Features(
         {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=labels)}
     )
     rows, nbytes = {}, {}
     for split, name in SPLIT_FILES.items():
-        path = find_split_file(source, split)
-        frame, offset = read_table(path)
-        label_ids = validate_split(frame, str(path), labels, offset)
-        table = datasets.Dataset.from_dict(
-            {"text": frame["text"].tolist(), "label": label_ids}, features=features
-        )
+        texts, label_ids = read_split(find_split_file(source, split), labels, split)  # the real validator
+        table = datasets.Dataset.from_dict({"text": texts, "label": label_ids}, features=features)
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         table.to_parquet(str(out / name))
         rows[split], nbytes[split] = len(table), table.data.nbytes

@@ -1,8 +1,10 @@
-"""``python -m emotions_pl serve``: its flags, limits and defaults, parsed before LitServe is imported.
+"""``python -m emotions_pl serve``: its flags and defaults, parsed before LitServe is imported.
 
-``run`` checks the flags, then starts ``server.serve``; ``--help`` and a bad flag cost no import of
-the server stack. The defaults that depend on the machine or the export folder (the variant, the
-inference threads) are chosen here, by ``choose_variant`` and ``default_threads``, and printed at start.
+``run`` checks the flags, turns them into a frozen ``Settings`` (``make_settings``) and hands it to
+``server.serve``; ``--help`` and a bad flag cost no import of the server stack. The defaults that depend
+on the machine or the export folder (the variant, the inference threads) are chosen here, by
+``choose_variant`` and ``default_threads``, and printed at start. The request limits and the tuning
+constants are ``settings``'s (the server's modules read them there), and importable from here too.
 """
 
 import argparse
@@ -11,43 +13,29 @@ from pathlib import Path
 from typing import Any
 
 from emotions_pl.artifact.explain import DEFAULT_STEPS, MAX_STEPS
-from emotions_pl.artifact.predictor import VARIANT_FILES
+from emotions_pl.artifact.predictor import VARIANT_FILES, read_info
 from emotions_pl.commands import tool_parser
 from emotions_pl.errors import UserError
-
-# Documented request limits (docs/serving.md, /openapi.json); each violation is a 4xx JSON answer.
-MAX_TEXT_CHARS = 2000
-MAX_TEXTS = 64
-# The largest request the schema allows is 64 texts of 2,000 characters; written as JSON with every
-# character \u-escaped as a surrogate pair (12 bytes each) it is 1,536,203 bytes. 2 MiB holds it with room
-# for formatting, so no request the schema allows is refused for its size.
-MAX_BODY_BYTES = 2 * 1024 * 1024
-# A body over the limit is read and discarded up to DISCARD_BYTES within BODY_DEADLINE_S, so a client that
-# sends it all before reading (urllib, requests) gets a readable 413; past either bound the server
-# answers and closes the connection at once.
-DISCARD_BYTES = 64 * 1024 * 1024
-BODY_DEADLINE_S = 10.0
-API_KEY_ENV = "LIT_SERVER_API_KEY"
+from emotions_pl.schema import MAX_ACCURACY_LOSS_POINTS
+from emotions_pl.serve.settings import (  # noqa: F401 (the limits and tuning, importable from here too)
+    API_KEY_ENV,
+    BATCH_CHUNK,
+    BODY_DEADLINE_S,
+    DISCARD_BYTES,
+    EXPLAIN_QUEUE,
+    MAX_BODY_BYTES,
+    MAX_EXPLAIN_TEXTS,
+    MAX_TEXT_CHARS,
+    MAX_TEXTS,
+    OPENMP_ENV,
+    Settings,
+    set_openmp_waiting,
+)
 
 AUTO = "auto"
 # Fastest first, as measured on CPU (docs/serving.md, "Which faster variant"): ONNX Runtime int8, ONNX
 # Runtime fp32, PyTorch fp32.
 SPEED_ORDER = ("int8", "onnx", "fp32")
-# A faster variant is the default only when its recorded test accuracy is within this many points of fp32.
-MAX_ACCURACY_LOSS_POINTS = 0.5
-# The worker runs a batch's texts, sorted by length, in chunks of this many: each chunk pads only to its
-# own longest text. On MiniLM-L6, 2 cores, 32 random test texts: int8 2.5x faster in chunks of 4 than as
-# one padded batch (and faster than one text at a time), fp32 1.6x in chunks of 8 (docs/serving.md).
-BATCH_CHUNK = {"int8": 4, "onnx": 4, "fp32": 8}
-# PyTorch's OpenMP threads between operators: spin this many turns, then sleep (libgomp reads it when
-# OpenMP starts). Spinning long (libgomp's default) starved the HTTP process on 2 shared cores (fp32 at
-# a tenth of the speed); sleeping at once (PASSIVE alone) pays a wake-up per operator. fp32, 2 threads,
-# quiet: bare batch 1 127 vs 89 texts/s, batch 32 219 vs 189; server c=16 146-155 vs 118-139 req/s.
-OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "10000"}
-# /explain: a request holds 1 to MAX_EXPLAIN_TEXTS texts; at most --explain-queue requests are admitted
-# (running or waiting), the next is answered 429. They run one at a time on one thread of the HTTP process.
-MAX_EXPLAIN_TEXTS = 8
-EXPLAIN_QUEUE = 8
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,12 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="warning", help="uvicorn/LitServe log level (info logs every request)"
     )
     return p
-
-
-def set_openmp_waiting() -> None:
-    """``OPENMP_ENV``, before torch starts OpenMP, unless the user set either variable."""
-    if not any(name in os.environ for name in OPENMP_ENV):
-        os.environ.update(OPENMP_ENV)
 
 
 def available_cores(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
@@ -178,6 +160,47 @@ def choose_variant(model_dir: str | Path, info: dict[str, Any]) -> tuple[str, st
     return "fp32", f"no faster variant is within {MAX_ACCURACY_LOSS_POINTS} points of fp32 ({why})"
 
 
+def make_settings(args: argparse.Namespace) -> Settings:
+    """The flags as the server's frozen ``Settings``, with ``--variant auto`` and the default threads
+    chosen; its ``said`` are the sentences that say what was chosen and why."""
+    info = read_info(args.model)
+    said = []
+    if args.variant == AUTO:
+        variant, variant_reason = choose_variant(args.model, info)
+        said.append(f"variant {variant} (auto): {variant_reason}")
+    else:
+        variant, variant_reason = args.variant, "chosen with --variant"
+    if args.threads:
+        threads = args.threads
+    else:
+        cores = available_cores()
+        threads = default_threads(cores, args.workers_per_device, variant)
+        said.append(
+            f"threads {threads} per inference worker (auto: {cores} cores, "
+            f"{args.workers_per_device} worker{'s' if args.workers_per_device > 1 else ''})"
+        )
+    return Settings(
+        model=args.model,
+        variant=variant,
+        variant_reason=variant_reason,
+        threads=threads,
+        said=tuple(said),
+        host=args.host,
+        port=args.port,
+        max_batch_size=args.max_batch_size,
+        batch_timeout=args.batch_timeout,
+        workers_per_device=args.workers_per_device,
+        timeout=args.timeout,
+        api_key=(os.environ.get(args.api_key_env) if args.api_key_env else None) or None,
+        log_dir=args.log_dir,
+        log_text=args.log_text,
+        explain_queue=args.explain_queue,
+        explain_steps=args.explain_steps,
+        fast_queue=args.fast_queue,
+        log_level=args.log_level,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     if args.max_batch_size < 1 or args.workers_per_device < 1 or args.batch_timeout < 0:
         raise UserError("--max-batch-size and --workers-per-device must be >= 1, --batch-timeout >= 0.")
@@ -187,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--explain-queue must be >= 1, --explain-steps between 1 and {MAX_STEPS}.")
     if not os.path.isdir(args.model):
         raise UserError(f"--model {args.model}: no such export folder.")
-    from emotions_pl.serve.server import serve
+    settings = make_settings(args)
+    from emotions_pl.serve.server import serve  # here, not at the top: --help imports no LitServe
 
-    return serve(args)
+    return serve(settings)
