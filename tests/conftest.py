@@ -7,16 +7,12 @@ The server process, free ports and waiting live in ``helpers`` (shared with scri
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from emotions_pl import sources
-from helpers import REPO
-
-SHARED_DATA = Path(os.environ.get("EMOTIONS_SHARED_DATA", REPO.parent / "shared" / "data" / "emotion"))
+from helpers import SHARED_DATA, run_module
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,43 +46,6 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "train.jsonl").exists():
         pytest.skip(f"real data set not found at {SHARED_DATA} (set EMOTIONS_SHARED_DATA)")
     return SHARED_DATA
-
-
-def run_module(
-    *args: str,
-    cwd: Path = REPO,
-    timeout: float = 600,
-    env: dict | None = None,
-    environ: dict | None = None,
-    expect: int = 0,
-) -> subprocess.CompletedProcess:
-    """Run ``python -m emotions_pl ARGS`` as a user would; fail the test with its output unless it exits
-    ``expect``. ``env`` adds to this process's environment; ``environ`` replaces it."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "emotions_pl", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=environ if environ is not None else {**os.environ, **(env or {})},
-    )
-    assert proc.returncode == expect, (
-        f"emotions_pl {' '.join(args)}: exit {proc.returncode}, expected {expect}:\n"
-        f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    )
-    return proc
-
-
-def run_main(*args: str) -> int:
-    """``python -m emotions_pl ARGS`` in this process, through the real entry point; its exit code.
-
-    Output goes to the test's capsys (or whatever ``sys.stdout``/``sys.stderr`` are at the time).
-    """
-    from emotions_pl.__main__ import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 PACKAGE = REPO / "src" / "emotions_pl"
 STAGES = ["train", "artifact", "serve", "monitor"]

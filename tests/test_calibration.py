@@ -14,12 +14,12 @@ import pytest
 import torch
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from conftest import run_main, run_module
 from emotions_pl import metrics, slices
 from emotions_pl.artifact import calibration, checkpoint
 from emotions_pl.artifact.predictor import Predictor
 from emotions_pl.schema import LABELS
 from emotions_pl.tables import read_split
+from helpers import run_main, run_module
 
 TEXTS = [
     "i feel so happy and grateful today",

@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, run_module
 from emotions_pl.schema import LABELS
+from helpers import REPO, run_module
 
 
 def test_fit_saves_checkpoints_logs_and_resolved_config(smoke_run: Path) -> None:

@@ -10,9 +10,9 @@ from importlib import metadata
 
 import pytest
 
-from conftest import REPO
 from emotions_pl.__main__ import main
 from emotions_pl.commands import COMMANDS, PROG
+from helpers import REPO
 
 TOOLS = [c for c in COMMANDS if c.module is not None]
 LIGHTNING = [c for c in COMMANDS if c.module is None]

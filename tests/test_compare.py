@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_main
+from helpers import run_main
 
 SPLIT_ROWS = 24  # the shipped sample's test split
 

@@ -10,8 +10,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from conftest import REPO
-from helpers import free_port
+from helpers import REPO, free_port
 
 HELPER = REPO / "tests" / "helpers" / "ddp_shards.py"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from helpers import REPO
 
 DOCKER = REPO / "docker"
 DOCKERFILES = {"train": DOCKER / "Dockerfile.train", "serve": DOCKER / "Dockerfile.serve"}

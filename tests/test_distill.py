@@ -13,7 +13,6 @@ import pytest
 import torch
 import yaml
 
-from conftest import run_main, run_module
 from emotions_pl import tables
 from emotions_pl.artifact import checkpoint
 from emotions_pl.errors import UserError
@@ -22,6 +21,7 @@ from emotions_pl.schema import LABELS
 from emotions_pl.train import distill
 from emotions_pl.train.data import TEACHER, EmotionDataModule
 from emotions_pl.train.model import EmotionClassifier
+from helpers import run_main, run_module
 
 TINY = {"model_type": "distilbert", "dim": 32, "hidden_dim": 64, "n_layers": 2, "n_heads": 2}
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from helpers import REPO
 
 SCRIPT = REPO / "scripts" / "docs_tables.py"
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, run_main
 from emotions_pl.monitor import drift
 from emotions_pl.schema import LABELS
 from emotions_pl.serve.predlog import PredictionLog
+from helpers import REPO, run_main
 
 WORDS = {
     "sadness": ["lonely", "miserable", "gloomy", "heartbroken", "low", "hopeless"],

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_module
 from emotions_pl.__main__ import main
+from helpers import REPO, run_module
 
 SMOKE = ("--config", "configs/experiment/smoke.yaml", "--trainer.max_epochs", "1")
 

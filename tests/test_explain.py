@@ -16,11 +16,10 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import run_main
 from emotions_pl.artifact.explain import Explainer, merge_words, top_words, without
 from emotions_pl.artifact.predictor import Predictor
 from emotions_pl.schema import LABELS
-from helpers import Server
+from helpers import Server, run_main
 
 # Punctuation, emoji (alone and glued to a word), repeated words, runs of spaces, tabs and newlines,
 # leading and trailing white space, a zero-width space the tokenizer drops, an accent it strips.

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
 from emotions_pl import files
 from emotions_pl.artifact import checkpoint, export
 from emotions_pl.artifact.predictor import ExportFolderError, Predictor
 from emotions_pl.files import sha256
 from emotions_pl.schema import LABELS
 from emotions_pl.train import summary
+from helpers import REPO
 
 TEXTS = [
     "i feel so happy and grateful today",

@@ -21,9 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import SHARED_DATA, run_module
 from emotions_pl import sources
 from emotions_pl.schema import LABELS, SPLITS
+from helpers import SHARED_DATA, run_module
 from helpers.hub import EMOTION_ID, MINILM_ID, SPLIT_FILES, HubRepo, HubServer, build_emotion_repo
 
 pytestmark = pytest.mark.integration

@@ -12,11 +12,11 @@ import torch
 import yaml
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import REPO
 from emotions_pl.artifact import checkpoint
 from emotions_pl.artifact.predictor import Predictor
 from emotions_pl.sources import resolve
 from emotions_pl.train.model import EmotionClassifier
+from helpers import REPO
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_classifier.json"
 TEXTS = [

@@ -16,10 +16,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO, run_main
 from emotions_pl.serve.http import KNOWN_PATHS
 from emotions_pl.serve.prometheus import metrics
-from helpers import Server, free_port, wait_for
+from helpers import REPO, Server, free_port, run_main, wait_for
 
 MONITORING = REPO / "docker" / "monitoring"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "emotions.json"

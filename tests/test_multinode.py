@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
-from helpers import free_port
+from helpers import REPO, free_port
 
 pytestmark = [pytest.mark.slow]
 

@@ -32,10 +32,9 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from conftest import REPO, run_main
 from emotions_pl import metrics as metrics_module
 from emotions_pl.schema import LABELS
-from helpers import free_port
+from helpers import REPO, free_port, run_main
 
 STAGES = ("data", "train", "evaluate", "export")
 # The tiny variant. The recipe is the committed experiment's config files (the params `train` tracks in

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_module
 from emotions_pl import tables
 from emotions_pl.artifact import export, promotion
 from emotions_pl.artifact.predictor import Predictor
 from emotions_pl.files import sha256
 from emotions_pl.schema import LABELS
+from helpers import run_module
 
 
 def _info(sha: str, run_test: float | None = None, fp32_test: float | None = None, data: str = "d") -> dict:

@@ -13,12 +13,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import run_module
 from emotions_pl.artifact import checkpoint, prune
 from emotions_pl.artifact.predictor import Predictor
 from emotions_pl.errors import UserError
 from emotions_pl.schema import LABELS
-from helpers import Server
+from helpers import Server, run_module
 
 TEXTS = [
     "i feel so happy and grateful today",

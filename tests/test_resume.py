@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, run_module
+from helpers import REPO, run_module
 
 STEPS_PER_EPOCH = 6  # 48 sample rows, batch 8
 EVERY = 4

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_main, run_module
 from emotions_pl.artifact.predictor import VARIANT_FILES, Predictor
 from emotions_pl.monitor import perturb
+from helpers import run_main, run_module
 
 TEXTS = [
     "i feel so happy about the trip tomorrow",

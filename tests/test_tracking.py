@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, run_module
 from emotions_pl.plots import confusion_figure, png_bytes
 from emotions_pl.schema import LABELS
 from emotions_pl.train.tracking import EmotionsWandbLogger, resolve_mode
+from helpers import REPO, run_module
 
 SWEEP = REPO / "configs" / "sweep.yaml"
 SMOKE = "configs/experiment/smoke.yaml"

@@ -18,9 +18,9 @@ import optuna
 import pytest
 import yaml
 
-from conftest import REPO, run_main
 from emotions_pl.errors import UserError
 from emotions_pl.train import storage, tune
+from helpers import REPO, run_main
 
 TINY_SPACE = REPO / "configs" / "tune" / "tiny.yaml"
 BAD_LR = 1e-9  # the start point configs/tune/tiny.yaml enqueues

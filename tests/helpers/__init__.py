@@ -1,5 +1,7 @@
-"""Process helpers shared by the tests and ``scripts/bench_serve.py``: a free port, waiting for a
-condition, and a server process that must start, answer /health and stop cleanly.
+"""Helpers shared by the tests and ``scripts/bench_serve.py``: the repository and data paths, running
+``python -m emotions_pl`` (a subprocess, or in this process), a free port, waiting for a condition,
+and a server process that must start, answer /health and stop cleanly. ``conftest.py`` holds only
+fixtures.
 
 Imported as ``from helpers import ...`` (``tests/`` is on ``sys.path``: pytest puts it there for
 ``conftest.py``, the benchmark script adds it itself). Needs httpx and psutil, not pytest.
@@ -21,6 +23,8 @@ import httpx
 import psutil
 
 REPO = Path(__file__).resolve().parents[2]
+# The real data set (never committed): tests that need it skip without it (the shared_data fixture).
+SHARED_DATA = Path(os.environ.get("EMOTIONS_SHARED_DATA", REPO.parent / "shared" / "data" / "emotion"))
 API_KEY_ENV = "LIT_SERVER_API_KEY"
 SERVE = (sys.executable, "-m", "emotions_pl", "serve")
 
@@ -121,3 +125,42 @@ class Server:
         assert rc == 0, f"server exited with {rc}:\n{self.log()}"
         assert not alive, f"orphaned processes after {signal.Signals(sig).name}: {alive}"
         assert "Traceback" not in self.log(), self.log()
+
+
+def run_module(
+    *args: str,
+    cwd: Path = REPO,
+    timeout: float = 600,
+    env: dict | None = None,
+    environ: dict | None = None,
+    expect: int = 0,
+) -> subprocess.CompletedProcess:
+    """Run ``python -m emotions_pl ARGS`` as a user would; fail the test with its output unless it exits
+    ``expect``. ``env`` adds to this process's environment; ``environ`` replaces it."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "emotions_pl", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environ if environ is not None else {**os.environ, **(env or {})},
+    )
+    assert proc.returncode == expect, (
+        f"emotions_pl {' '.join(args)}: exit {proc.returncode}, expected {expect}:\n"
+        f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    )
+    return proc
+
+
+def run_main(*args: str) -> int:
+    """``python -m emotions_pl ARGS`` in this process, through the real entry point; its exit code.
+
+    Output goes to the test's capsys (or whatever ``sys.stdout``/``sys.stderr`` are at the time).
+    """
+    import pytest  # only here: the benchmarks import this module without pytest
+
+    from emotions_pl.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    return exit_info.value.code
