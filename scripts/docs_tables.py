@@ -5,7 +5,8 @@
 
 A block sits between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->``; everything else in a doc
 is prose and stays as written. The sources: ``reports/metrics.json`` (the pipeline model, written by
-``dvc repro``'s ``evaluate`` stage) and the seed studies in ``results/seeds/`` (``emotions-pl seeds``).
+``dvc repro``'s ``evaluate`` stage), the seed studies in ``results/seeds/`` (``emotions-pl seeds``) and
+the comparisons in ``results/compare/`` (``emotions-pl compare --output``).
 ``tests/test_docs.py`` runs ``--check``, so a number in the docs cannot drift from its file.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 METRICS = Path("reports") / "metrics.json"  # paths relative to the checkout (--root)
 SEEDS = Path("results") / "seeds"
+COMPARE = Path("results") / "compare"  # `compare --output` files the docs quote
 LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end: (?P=name) -->)", re.S)
 
@@ -119,15 +121,17 @@ def seed_table(name: str) -> Callable[[], str]:
     return render
 
 
-def comparison(name: str) -> Callable[[], str]:
-    """The ``compare`` a seed study ran against its reference: B - A with intervals, McNemar, verdict."""
+def comparison(path: Path, key: str | None = None) -> Callable[[], str]:
+    """A ``compare`` result (its ``--output``, or ``key`` of a seed study: the comparison it ran against
+    its reference): each side, B - A with its paired interval, McNemar, the verdict."""
 
     def render() -> str:
-        c = load(SEEDS / f"{name}.json")["reference"]["comparison"]
+        c = load(path)
+        c = c[key]["comparison"] if key else c
         a, b = c["names"]["a"], c["names"]["b"]
+        sizes = {s: f"{len(c['members'][s])} model" + ("s" * (len(c["members"][s]) > 1)) for s in ("a", "b")}
         lines = [
-            f"A = `{a}` ({len(c['members']['a'])} seeds), B = `{b}` ({len(c['members']['b'])} seeds), "
-            f"{c['rows']} test texts:",
+            f"A = `{a}` ({sizes['a']}), B = `{b}` ({sizes['b']}), {c['rows']} test texts:",
             "",
             "| metric | A | B | B - A [95 % paired bootstrap] |",
             "|---|---:|---:|---:|",
@@ -144,7 +148,7 @@ def comparison(name: str) -> Callable[[], str]:
             f"{s['difference']:+.4f} [{s['ci_low']:+.4f}, {s['ci_high']:+.4f}] |"
         )
         tests = "; ".join(
-            f"seed pair {t['a'] + 1}: {t['only_a']} vs {t['only_b']} rows, p = {t['p']:.3f}"
+            f"A{t['a'] + 1}–B{t['b'] + 1}: {t['only_a']} vs {t['only_b']} rows, p = {t['p']:.3f}"
             for t in c["mcnemar"]
         )
         lines += [
@@ -165,7 +169,9 @@ RENDERERS: dict[str, tuple[Path, Callable[[], str]]] = {
     "pipeline-calibration": (METRICS, calibration_table),
     "seeds-head": (SEEDS / "head.json", seed_table("head")),
     "seeds-loader67": (SEEDS / "loader67.json", seed_table("loader67")),
-    "compare-loader": (SEEDS / "loader67.json", comparison("loader67")),
+    "compare-loader": (SEEDS / "loader67.json", comparison(SEEDS / "loader67.json", "reference")),
+    "compare-calibrator": (COMPARE / "calibrator.json", comparison(COMPARE / "calibrator.json")),
+    "compare-int8": (COMPARE / "int8.json", comparison(COMPARE / "int8.json")),
 }
 
 
