@@ -129,10 +129,12 @@ def _open(url: str, answers: multiprocessing.Queue) -> None:
 
 def test_workers_starting_together_on_a_new_sqlite_study_all_open_it(tmp_path: Path) -> None:
     # the race CI hit: each worker inserting the schema version (UNIQUE constraint failed); ~2 s a round
+    # spawn, not fork: a forked child of this threaded test process can inherit a held lock and hang
+    context = multiprocessing.get_context("spawn")
     for round_ in range(3):
         url = f"sqlite:///{tmp_path / f'study{round_}.db'}"
-        answers: multiprocessing.Queue = multiprocessing.Queue()
-        workers = [multiprocessing.Process(target=_open, args=(url, answers)) for _ in range(4)]
+        answers = context.Queue()
+        workers = [context.Process(target=_open, args=(url, answers)) for _ in range(4)]
         for worker in workers:
             worker.start()
         for worker in workers:
