@@ -148,7 +148,7 @@ def comparison(path: Path, key: str | None = None) -> Callable[[], str]:
             f"{s['difference']:+.4f} [{s['ci_low']:+.4f}, {s['ci_high']:+.4f}] |"
         )
         tests = "; ".join(
-            f"A{t['a'] + 1}–B{t['b'] + 1}: {t['only_a']} vs {t['only_b']} rows, p = {t['p']:.3f}"
+            f"A{t['a'] + 1}–B{t['b'] + 1}: {t['only_a']} vs {t['only_b']} rows, p = {t['p']:.3f}"  # noqa: RUF001 (an en dash between the pair)
             for t in c["mcnemar"]
         )
         lines += [

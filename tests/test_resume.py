@@ -3,7 +3,9 @@ then resumed from its checkpoint, ends with the uninterrupted fit's metrics and 
 
 The fits are the smoke experiment (tiny random-init DistilBERT, dropout 0.1, the shipped sample: 6
 batches an epoch), 3 epochs, with the mid-epoch checkpoint of ``configs/callbacks/mid_epoch.yaml`` every
-4 steps. ``helpers.pause.PauseAt`` holds the fit at the chosen point and the test kills it from outside.
+4 steps; once plain and once with weight averaging (``configs/callbacks/ema.yaml``), whose average and
+update count travel in the checkpoint too. ``helpers.pause.PauseAt`` holds the fit at the chosen point
+and the test kills it from outside.
 """
 
 from __future__ import annotations
@@ -34,15 +36,18 @@ FIT = (
     "--trainer.callbacks+=configs/callbacks/mid_epoch.yaml",
     f"--trainer.callbacks.every_n_train_steps={EVERY}",
 )
+# Weight averaging on: a short memory, so that the average differs from the raw weights within 18 steps.
+AVERAGED = ("--trainer.callbacks+=configs/callbacks/ema.yaml", "--trainer.callbacks.decay=0.8")
 ENV = {"PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
 
 
-def fit_killed(run_dir: Path, **where: int) -> None:
-    """The fit, held by ``PauseAt(**where)`` and killed there with SIGKILL."""
+def fit_killed(run_dir: Path, flags: tuple[str, ...], **where: int) -> None:
+    """The fit with ``flags``, held by ``PauseAt(**where)`` and killed there with SIGKILL."""
     marker = run_dir.parent / f"{run_dir.name}.paused"
     pause = ["--trainer.callbacks+=helpers.pause.PauseAt", f"--trainer.callbacks.marker={marker}"]
     pause += [f"--trainer.callbacks.{k}={v}" for k, v in where.items()]
-    command = [sys.executable, "-m", "emotions_pl", *FIT, "--trainer.default_root_dir", str(run_dir), *pause]
+    command = [sys.executable, "-m", "emotions_pl", *FIT, *flags, "--trainer.default_root_dir", str(run_dir)]
+    command += pause
     proc = subprocess.Popen(
         command, cwd=REPO, env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -59,17 +64,18 @@ def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "run.json").read_text())
 
 
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)[
-        "state_dict"
-    ]
+def weights(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """The checkpoint's weights: ``state_dict`` (the average, with averaging on) and the raw ones."""
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    return {key: saved[key] for key in ("state_dict", "current_model_state") if key in saved}
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module", params=[(), AVERAGED], ids=["plain", "averaged"])
+def uninterrupted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """The uninterrupted fit's folder and its extra flags."""
     run_dir = tmp_path_factory.mktemp("resume") / "whole"
-    run_module(*FIT, "--trainer.default_root_dir", str(run_dir))
-    return run_dir
+    run_module(*FIT, *request.param, "--trainer.default_root_dir", str(run_dir))
+    return run_dir, request.param
 
 
 def assert_same_run(resumed: Path, whole: Path) -> None:
@@ -82,10 +88,12 @@ def assert_same_run(resumed: Path, whole: Path) -> None:
     assert [s for s, _ in a["train_loss"]] == [s for s, _ in b["train_loss"]]
     assert [x for _, x in a["train_loss"]] == pytest.approx([x for _, x in b["train_loss"]], abs=1e-6)
     mine, theirs = weights(resumed), weights(whole)
-    assert max(float((mine[k] - theirs[k]).abs().max()) for k in theirs) <= 1e-6
+    assert mine.keys() == theirs.keys()
+    for key, state in theirs.items():
+        assert max(float((mine[key][k] - state[k]).abs().max()) for k in state) <= 1e-6, key
 
 
-@pytest.mark.slow  # about 2 min here: five tiny fits, each a fresh process
+@pytest.mark.slow  # about 4 min here: ten tiny fits, each a fresh process
 @pytest.mark.parametrize(
     ("where", "checkpoint", "step"),
     [
@@ -94,10 +102,11 @@ def assert_same_run(resumed: Path, whole: Path) -> None:
     ],
 )
 def test_a_fit_killed_and_resumed_ends_as_the_uninterrupted_one(
-    uninterrupted: Path, tmp_path: Path, where: dict, checkpoint: str, step: int
+    uninterrupted: tuple, tmp_path: Path, where: dict, checkpoint: str, step: int
 ) -> None:
+    whole, flags = uninterrupted
     run_dir = tmp_path / "run"
-    fit_killed(run_dir, **where)
+    fit_killed(run_dir, flags, **where)
     ckpt = run_dir / "checkpoints" / checkpoint
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert saved["global_step"] == step
@@ -106,5 +115,6 @@ def test_a_fit_killed_and_resumed_ends_as_the_uninterrupted_one(
         "seed": 42,
         "epoch": step // STEPS_PER_EPOCH - (step % STEPS_PER_EPOCH == 0),
     }
-    run_module(*FIT, "--trainer.default_root_dir", str(run_dir), "--ckpt_path", str(ckpt))
-    assert_same_run(run_dir, uninterrupted)
+    assert ("current_model_state" in saved) == bool(flags)
+    run_module(*FIT, *flags, "--trainer.default_root_dir", str(run_dir), "--ckpt_path", str(ckpt))
+    assert_same_run(run_dir, whole)

@@ -1,8 +1,10 @@
-"""Atomic writes: a reader sees the old file or folder or the new one, never half of either.
+"""Atomic writes, and the digests that name files and cache entries.
 
-The only module that writes to a temporary name and renames. Single files go through
-``atomic_write`` (any writer) or its text/bytes forms; folders are built in ``staging_dir`` beside
-their destination and swapped in by ``publish_dir``.
+A reader sees the old file or folder or the new one, never half of either: the only module that
+writes to a temporary name and renames. Single files go through ``atomic_write`` (any writer) or its
+text/bytes forms; folders are built in ``staging_dir`` beside their destination and swapped in by
+``publish_dir``. ``sha256`` is the one hash of files' bytes, ``fingerprint`` the one short name of a
+cache entry from what it depends on.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def _umask() -> int:
@@ -93,10 +96,28 @@ def publish_dir(
     return True
 
 
-def sha256(path: Path) -> str:
-    """The hex sha256 of a file, read in 1 MiB blocks: how exports, teachers and reports name a file."""
+def sha256(*paths: Path, names: bool = False) -> str:
+    """The hex sha256 of a file, or of several files' bytes one after another, read in 1 MiB blocks:
+    how exports, teachers and reports name a file, and what the data caches trust.
+
+    ``names`` hashes each file's name before its bytes, for a split's files: the suffix picks the
+    reader, so the same bytes under another name can be other rows.
+    """
     digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    for path in paths:
+        if names:
+            digest.update(path.name.encode())
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
     return digest.hexdigest()
+
+
+def fingerprint(*parts: Any, length: int = 20) -> str:
+    """A cache entry's name, ``length`` hex digits of the sha256 of what it depends on: a ``bytes``
+    part as it is (a digest, a JSON text), any other by its ``repr``. Changing how the parts are
+    hashed renames every cache entry written so far."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else repr(part).encode())
+    return digest.hexdigest()[:length]

@@ -1,47 +1,33 @@
 """Reading labelled tables: split files (jsonl, csv, parquet) or folders of shards, and the hub, into
-memory-mapped Arrow (``datasets``), validated by a batched ``map`` with row-numbered errors.
+memory-mapped Arrow (``datasets``), handed to ``split_check`` for validation.
 
 The one reader for training data, the ``data`` stage, ``evaluate``, ``robustness``, ``teacher`` and
-``drift`` (which also reads the server's jsonl prediction logs with ``read_table``). A bad row is
-never dropped: the error names the file, the row and the problem. ``read_splits`` is what scales (the
-rows stay on disk); ``load_splits`` and ``read_split`` hand small callers pandas frames or lists.
+``drift`` (which also reads the server's jsonl prediction logs with ``read_table``); everything a file
+format decides (suffix, builder, row numbers) is here. ``read_splits`` is what scales (the rows stay
+on disk); ``load_splits`` and ``read_split`` hand small callers pandas frames or lists.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from emotions_pl import sources
-from emotions_pl.errors import UserError
-from emotions_pl.schema import SPLITS, label_index
+from emotions_pl.files import sha256
+from emotions_pl.schema import SPLITS
+from emotions_pl.split_check import DataValidationError, Encode, check_columns, validated
 
 FORMATS = (".jsonl", ".csv", ".parquet")
 BUILDERS = {".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 ROW_OFFSET = {".jsonl": 1, ".csv": 2, ".parquet": 0}  # 0-based index -> line (jsonl), csv line 1 = header
-MAX_PROBLEMS_SHOWN = 10
-MAP_BATCH = 10_000  # rows per map call: big batches keep the Rust tokenizer's threads busy
-PROBLEM = "_problem"  # the map's per-row verdict: "" when the row is good
-LABEL_INDEX = "_label"  # a new name: map would cast the index back to the source's label type
-
-# Extra columns computed from a batch of (good) texts in the validating map, e.g. token ids.
-Encode = Callable[[list[str]], dict[str, pa.Array]]
-
-
-class DataValidationError(UserError, ValueError):
-    """The data cannot be trusted; the message names the file, the row and the problem."""
 
 
 def find_split_file(folder: Path, split: str) -> Path:
@@ -105,44 +91,6 @@ def _json_lines(path: Path, skip_blank_lines: bool = False) -> Iterator[tuple[in
             yield number, row
 
 
-def row_problem(text: Any, label: Any, label_names: Sequence[str]) -> tuple[int, str | None]:
-    """The label index of one row and what is wrong with it (``None`` when nothing is): the one
-    definition of a good row."""
-    problems = []
-    if not isinstance(text, str) or not text.strip():
-        problems.append(f"empty or non-text 'text' ({text!r})")
-    index = label_index(label, label_names)
-    if index is None:
-        if not isinstance(label, bool) and isinstance(label, int | float) and float(label).is_integer():
-            problems.append(f"label {label!r} is outside 0..{len(label_names) - 1}")
-        else:
-            problems.append(f"label {label!r} is not one of {list(label_names)}")
-    return (-1 if index is None else index), "; ".join(problems) or None
-
-
-def _bad_rows(where: str, problems: list[str], total: int) -> DataValidationError:
-    shown = "; ".join(problems[:MAX_PROBLEMS_SHOWN])
-    more = f" (and {total - MAX_PROBLEMS_SHOWN} more)" if total > MAX_PROBLEMS_SHOWN else ""
-    return DataValidationError(f"{where}: {total} bad row(s): {shown}{more}.")
-
-
-def _check_columns(columns: Sequence[str], where: str) -> None:
-    missing = [c for c in ("text", "label") if c not in columns]
-    if missing:
-        raise DataValidationError(
-            f"{where}: missing column(s) {missing}; found {list(columns)}. "
-            "Each split needs a 'text' and a 'label' column."
-        )
-
-
-def _check_classes(counts: np.ndarray, where: str, label_names: Sequence[str]) -> None:
-    absent = [label_names[k] for k in range(len(label_names)) if counts[k] == 0]
-    if absent:
-        raise DataValidationError(
-            f"{where}: no examples of class(es) {absent}; the model expects all of {list(label_names)}."
-        )
-
-
 def _count_rows(path: Path) -> int:
     """Rows of one file without loading it, so that a row of a sharded split is named by its own file
     and line; a jsonl's blank lines fail here (Arrow's reader would skip them and shift the numbers)."""
@@ -174,7 +122,7 @@ def _load_files(files: list[Path], cache_dir: Path) -> tuple[datasets.Dataset, l
         # agree on one schema; labels are parsed per row in the map, as pandas would have read them.
         with files[0].open(encoding="utf-8", newline="") as f:
             header = next(csv.reader(f), [])
-        _check_columns(header, str(files[0]))
+        check_columns(header, str(files[0]))
         strings = datasets.Features({name: datasets.Value("string") for name in header})
         kwargs = dict(keep_default_na=False, features=strings)
     try:
@@ -209,7 +157,7 @@ def _reread_mixed(
     """A jsonl split whose ``mixed`` columns change type between lines (labels as names and as
     indices), read again line by line with each such value as its exact JSON text: ``datasets`` would
     keep ``"3"`` and ``3`` alike. Still written to Arrow in batches; ``digest`` keys its cache."""
-    digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+    digest = sha256(*files)
     return datasets.Dataset.from_generator(
         _mixed_rows,
         gen_kwargs=dict(files=[str(f) for f in files], mixed=mixed, digest=digest),
@@ -218,133 +166,6 @@ def _reread_mixed(
         ),
         cache_dir=str(cache_dir),
     )
-
-
-def _csv_label(value: str) -> Any:
-    """A csv label as pandas would have read it: a number when it is one, else the name."""
-    try:
-        return float(value) if "." in value else int(value)
-    except ValueError:
-        return value
-
-
-def _surely_good(
-    batch: pa.Table, label_names: Sequence[str], digit_labels: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """Label indices, and which rows are good beyond doubt, computed in Arrow: a text with an ASCII
-    letter or digit, a label that is an index in range or an exact name (or digits, where a string
-    label is read as a number: csv, and JSON text). Every other row goes through ``row_problem``,
-    which alone decides; this only spares the common rows."""
-    text, label = batch.column("text"), batch.column("label")
-    good = np.zeros(len(batch), dtype=bool)
-    index = np.full(len(batch), -1, dtype=np.int64)
-    if not pa.types.is_string(text.type) and not pa.types.is_large_string(text.type):
-        return index, good
-    has_text = pc.fill_null(pc.match_substring_regex(text, "[A-Za-z0-9]"), False).to_numpy(
-        zero_copy_only=False
-    )
-    if pa.types.is_integer(label.type):
-        values = pc.fill_null(label, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-    elif pa.types.is_string(label.type) or pa.types.is_large_string(label.type):
-        found = pc.index_in(label, value_set=pa.array(list(label_names))).cast(pa.int64())
-        if digit_labels:
-            digits = pc.fill_null(pc.match_substring_regex(label, "^[0-9]{1,3}$"), False)
-            found = pc.coalesce(found, pc.if_else(digits, label, None).cast(pa.int64()))
-        values = pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-    else:
-        return index, good
-    good = has_text & (values >= 0) & (values < len(label_names))
-    index[good] = values[good]
-    return index, good
-
-
-def _check_batch(
-    batch: pa.Table,
-    label_names: Sequence[str],
-    csv_labels: bool,
-    json_columns: Sequence[str],
-    encode: Encode | None,
-) -> pa.Table:
-    """One batch, as Arrow: the label indices, each row's problem ("" when good), ``encode``'s columns.
-
-    ``json_columns`` are the columns whose values change type within a jsonl file (labels as names and
-    as indices): ``datasets`` keeps each value as its JSON text, decoded here row by row."""
-    if "text" in json_columns:
-        index, good = np.full(len(batch), -1, dtype=np.int64), np.zeros(len(batch), dtype=bool)
-    else:
-        index, good = _surely_good(batch, label_names, csv_labels or "label" in json_columns)
-    problems = np.full(len(batch), "", dtype=object)
-    texts = batch.column("text").to_pylist()
-    for i in np.flatnonzero(~good):
-        text, label = texts[i], batch.column("label")[int(i)].as_py()
-        if "text" in json_columns and text is not None:
-            text = texts[i] = json.loads(text)
-        if "label" in json_columns and label is not None:
-            label = json.loads(label)
-        elif csv_labels and isinstance(label, str):
-            label = _csv_label(label)
-        index[i], problem = row_problem(text, label, label_names)
-        problems[i] = problem or ""
-        good[i] = problem is None
-    text_column = pa.array([str(t) for t in texts]) if "text" in json_columns else batch.column("text")
-    out = {"text": text_column, LABEL_INDEX: pa.array(index), PROBLEM: pa.array(problems, pa.string())}
-    if encode is not None:
-        out.update(
-            encode(texts if good.all() else [t if ok else "" for t, ok in zip(texts, good, strict=True)])
-        )
-    return pa.table(out)
-
-
-def _validated(
-    raw: datasets.Dataset,
-    where: str,
-    files: list[Path],
-    label_names: Sequence[str],
-    num_proc: int,
-    encode: Encode | None,
-    encode_key: Any,
-    json_columns: Sequence[str] = (),
-) -> datasets.Dataset:
-    """Validate (and encode) every row in one batched map; raise naming the first bad file's rows."""
-    _check_columns(raw.column_names, where)
-    if len(raw) == 0:
-        raise DataValidationError(f"{where}: the split is empty.")
-    checked = (
-        raw.with_format("arrow")
-        .map(
-            _check_batch,
-            batched=True,
-            batch_size=MAP_BATCH,
-            remove_columns=raw.column_names,
-            fn_kwargs=dict(
-                label_names=list(label_names),
-                csv_labels=bool(files) and files[0].suffix == ".csv",
-                json_columns=list(json_columns),
-                encode=encode,
-            ),
-            num_proc=num_proc if num_proc > 1 and len(raw) >= 10_000 else None,
-            new_fingerprint=_fingerprint(raw._fingerprint, list(label_names), encode_key),
-        )
-        .with_format(None)
-    )
-    bad = np.flatnonzero(pc.not_equal(checked.data.column(PROBLEM), "").to_numpy(zero_copy_only=False))
-    if bad.size:
-        counts = [_count_rows(p) for p in files] if files else [len(raw)]
-        starts = np.cumsum([0, *counts])
-        file = int(np.searchsorted(starts, bad[0], side="right") - 1)
-        mine = bad[(bad >= starts[file]) & (bad < starts[file + 1])]
-        offset = ROW_OFFSET[files[file].suffix] if files else 0
-        shown = mine[:MAX_PROBLEMS_SHOWN]
-        rows = checked.select(shown)[PROBLEM]
-        problems = [f"row {i - starts[file] + offset}: {p}" for i, p in zip(shown, rows, strict=True)]
-        raise _bad_rows(str(files[file]) if files else where, problems, len(mine))
-    labels = checked.data.column(LABEL_INDEX).to_numpy()
-    _check_classes(np.bincount(labels, minlength=len(label_names)), where, label_names)
-    return checked.remove_columns(PROBLEM).rename_column(LABEL_INDEX, "label")
-
-
-def _fingerprint(*parts: Any) -> str:
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
 @contextmanager
@@ -382,7 +203,17 @@ def read_files(
             _count_rows(path)  # blank lines first: Arrow would skip them
     with quiet():
         raw, json_columns = _load_files(files, cache_dir or sources.cache_home() / "datasets")
-        return _validated(raw, where, files, label_names, num_proc, encode, encode_key, json_columns)
+        return validated(
+            raw,
+            where,
+            label_names,
+            origins=lambda: [(str(p), _count_rows(p), ROW_OFFSET[p.suffix]) for p in files],
+            csv_labels=files[0].suffix == ".csv",
+            json_columns=json_columns,
+            num_proc=num_proc,
+            encode=encode,
+            encode_key=encode_key,
+        )
 
 
 def hub_splits(source: str, label_names: Sequence[str]) -> datasets.DatasetDict:
@@ -414,7 +245,14 @@ def read_hub_split(
 ) -> datasets.Dataset:
     """One split of a loaded hub data set, checked (and encoded) like a local file."""
     with quiet():
-        return _validated(hub[split], f"{source}[{split}]", [], label_names, num_proc, encode, encode_key)
+        return validated(
+            hub[split],
+            f"{source}[{split}]",
+            label_names,
+            num_proc=num_proc,
+            encode=encode,
+            encode_key=encode_key,
+        )
 
 
 def local_folder(source: str) -> Path | None:

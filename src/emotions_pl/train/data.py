@@ -13,7 +13,6 @@ Lightning 2.6 restore both; ``callbacks.RandomState`` the random generators)."""
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import os
 from collections.abc import Callable
@@ -32,29 +31,11 @@ from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedToken
 from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
 
 from emotions_pl import sources, tables
-from emotions_pl.files import publish_dir, staging_dir
+from emotions_pl.files import fingerprint, publish_dir, sha256, staging_dir
 from emotions_pl.patches import resume  # noqa: F401  (Lightning 2.6: a resumed epoch's batches)
 from emotions_pl.schema import LABELS, SPLITS
 from emotions_pl.tables import DataValidationError
 from emotions_pl.train import distill
-
-
-def fingerprint(*parts: Any) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part if isinstance(part, bytes) else repr(part).encode())
-    return digest.hexdigest()[:20]
-
-
-def file_digest(paths: list[Path]) -> bytes:
-    """The bytes of a split's files (names included), read in blocks: what the cache key trusts."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.name.encode())
-        with path.open("rb") as f:
-            while block := f.read(1 << 22):
-                digest.update(block)
-    return digest.digest()
 
 
 class Encoder:
@@ -215,7 +196,8 @@ class EmotionDataModule(pl.LightningDataModule):
         folder = tables.local_folder(self.source)
         if folder is not None:
             files = {split: tables.split_files(folder, split) for split in SPLITS}
-            data_ids = {split: file_digest(found) for split, found in files.items()}
+            # The digest's bytes, not its hex: the tokenized caches written so far keep their names.
+            data_ids = {split: bytes.fromhex(sha256(*found, names=True)) for split, found in files.items()}
 
             def read(split: str) -> datasets.Dataset:
                 return tables.read_files(

@@ -21,7 +21,7 @@ import numpy as np
 
 from emotions_pl import sources
 from emotions_pl.errors import UserError
-from emotions_pl.files import atomic_write
+from emotions_pl.files import atomic_write, fingerprint
 
 FORMAT = 1
 KEYS = ("format", "logits", "teachers", "max_length", "labels", "data_sha256")
@@ -62,11 +62,12 @@ def data_fingerprint(texts: Sequence[str], labels: Sequence[int]) -> str:
 
 
 def cache_key(teachers: Sequence[dict[str, Any]], data_sha256: str, labels: Sequence[str]) -> str:
-    """The cache entry's name: the teachers' identities, the data and the label names."""
+    """The cache entry's name: the teachers' identities, the data and the label names, as sorted JSON
+    (the same identity whatever the order of a teacher's keys)."""
     blob = json.dumps(
         {"teachers": list(teachers), "data": data_sha256, "labels": list(labels)}, sort_keys=True
     )
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+    return fingerprint(blob.encode(), length=24)
 
 
 def cache_path(key: str) -> Path:

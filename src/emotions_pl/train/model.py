@@ -102,8 +102,14 @@ class EmotionClassifier(pl.LightningModule):
         self.val_metrics = metrics.metric_collection(n).clone(prefix="val/")
         self.test_metrics = metrics.metric_collection(n).clone(prefix="test/")
         self.test_f1_per_class = metrics.per_class_f1(n)
+        self._configured = False
 
     def configure_model(self) -> None:
+        # Once per module: weight averaging (configs/callbacks/ema.yaml) calls this hook from its own
+        # setup() to build the averaged copy, before the Trainer calls it; a second compile would wrap twice.
+        if self._configured:
+            return
+        self._configured = True
         if self.hparams.cls_only_last_layer:
             cls_only.apply(self.model)
         # In place, so state_dict keys keep their names (no ``_orig_mod.``) and checkpoints stay portable.
