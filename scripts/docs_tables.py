@@ -5,8 +5,9 @@
 
 A block sits between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->``; everything else in a doc
 is prose and stays as written. The sources: ``reports/metrics.json`` (the pipeline model, written by
-``dvc repro``'s ``evaluate`` stage), the seed studies in ``results/seeds/`` (``emotions-pl seeds``) and
-the comparisons in ``results/compare/`` (``emotions-pl compare --output``).
+``dvc repro``'s ``evaluate`` stage), the seed studies in ``results/seeds/`` (``emotions-pl seeds``),
+the comparisons in ``results/compare/`` (``emotions-pl compare --output``) and the MPNet teacher's
+``evaluate`` in ``results/mpnet/``.
 ``tests/test_docs.py`` runs ``--check``, so a number in the docs cannot drift from its file.
 """
 
@@ -24,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 METRICS = Path("reports") / "metrics.json"  # paths relative to the checkout (--root)
 SEEDS = Path("results") / "seeds"
 COMPARE = Path("results") / "compare"  # `compare --output` files the docs quote
+MPNET = Path("results") / "mpnet" / "metrics.json"  # `evaluate` of the MPNet teacher's export
 LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end: (?P=name) -->)", re.S)
 
@@ -48,15 +50,24 @@ def headline() -> str:
     )
 
 
-def pipeline_table() -> str:
-    m = load(METRICS)
-    lines = ["| metric | test value [95 % interval] |", "|---|---:|"]
-    lines += [f"| accuracy | {ci(m, 'test/acc')} |", f"| macro-F1 | {ci(m, 'test/f1_macro')} |"]
-    lines += [f"| F1 {label} | {ci(m, f'test/f1/{label}')} |" for label in LABELS]
-    variants = sorted({k.split("/")[1] for k in m if k.startswith("variants/")})
-    lines += ["", "| variant | accuracy [95 %] | macro-F1 [95 %] |", "|---|---:|---:|"]
-    lines += [f"| {v} | {ci(m, f'variants/{v}/acc')} | {ci(m, f'variants/{v}/f1_macro')} |" for v in variants]
-    return "\n".join(lines) + "\n"
+def metrics_table(path: Path) -> Callable[[], str]:
+    """Test accuracy, macro-F1 and per-class F1 with intervals (an ``evaluate`` metrics.json); variants."""
+
+    def render() -> str:
+        m = load(path)
+        lines = ["| metric | test value [95 % interval] |", "|---|---:|"]
+        lines += [f"| accuracy | {ci(m, 'test/acc')} |", f"| macro-F1 | {ci(m, 'test/f1_macro')} |"]
+        lines += [f"| F1 {label} | {ci(m, f'test/f1/{label}')} |" for label in LABELS]
+        variants = sorted({k.split("/")[1] for k in m if k.startswith("variants/")})
+        if len(variants) > 1:
+            lines += ["", "| variant | accuracy [95 %] | macro-F1 [95 %] |", "|---|---:|---:|"]
+            lines += [
+                f"| {v} | {ci(m, f'variants/{v}/acc')} | {ci(m, f'variants/{v}/f1_macro')} |"
+                for v in variants
+            ]
+        return "\n".join(lines) + "\n"
+
+    return render
 
 
 def calibration_table() -> str:
@@ -67,7 +78,14 @@ def calibration_table() -> str:
         "| its floor 95th pct | NLL | accuracy |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+    same: list[str] = []
     for v in variants:
+        # ONNX Runtime's fp32 graph scores what PyTorch does (parity 1e-3 on logits): one row set, not two.
+        if v != "fp32" and all(
+            m[k] == m.get(k.replace(f"/{v}/", "/fp32/", 1)) for k in m if k.startswith(f"calibration/{v}/")
+        ):
+            same.append(v)
+            continue
         stages = (
             ("validation_before", "validation, raw"),
             ("validation", "validation, calibrated"),
@@ -83,6 +101,8 @@ def calibration_table() -> str:
                 f"{m[p + 'ece_floor_median']:.4f} / {m[p + 'ece_floor_p95']:.4f} | {m[p + 'ece_mass']:.4f} | "
                 f"{m[p + 'ece_mass_floor_p95']:.4f} | {m[p + 'nll']:.4f} | {m[p + 'acc']:.4f} |"
             )
+    if same:
+        lines += ["", f"{', '.join(same)}: the same values as fp32."]
     return "\n".join(lines) + "\n"
 
 
@@ -165,13 +185,15 @@ def comparison(path: Path, key: str | None = None) -> Callable[[], str]:
 # Each block's name -> what writes it. A block whose source file is missing is left as it is.
 RENDERERS: dict[str, tuple[Path, Callable[[], str]]] = {
     "headline": (METRICS, headline),
-    "pipeline-metrics": (METRICS, pipeline_table),
+    "pipeline-metrics": (METRICS, metrics_table(METRICS)),
+    "mpnet-metrics": (MPNET, metrics_table(MPNET)),
     "pipeline-calibration": (METRICS, calibration_table),
     "seeds-head": (SEEDS / "head.json", seed_table("head")),
     "seeds-loader67": (SEEDS / "loader67.json", seed_table("loader67")),
     "compare-loader": (SEEDS / "loader67.json", comparison(SEEDS / "loader67.json", "reference")),
     "compare-calibrator": (COMPARE / "calibrator.json", comparison(COMPARE / "calibrator.json")),
     "compare-int8": (COMPARE / "int8.json", comparison(COMPARE / "int8.json")),
+    "compare-mpnet": (COMPARE / "mpnet.json", comparison(COMPARE / "mpnet.json")),
 }
 
 
