@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emotions_pl.monitor import drift
+from emotions_pl.monitor import drift, drift_sample
 from emotions_pl.schema import LABELS
 from emotions_pl.serve.predlog import PredictionLog
 from helpers import REPO, run_main
@@ -130,7 +130,7 @@ def test_no_false_alarms_over_many_seeds() -> None:
         rows = random.Random(seed).sample(pool, 2500)
         ref, cur = rows[:2000], rows[2000:]
         samples = [
-            drift.Sample(
+            drift_sample.Sample(
                 "x",
                 "data",
                 np.array([len(r["text"]) for r in part], dtype=float),

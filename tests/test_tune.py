@@ -173,6 +173,16 @@ def test_an_unknown_flag_in_the_space_is_one_error_line(tmp_path: Path, capsys) 
     assert not (tmp_path / "study" / "study.db").exists()  # nothing was started
 
 
+def test_an_argument_of_an_added_callback_is_a_fit_flag() -> None:
+    # configs/tune/ema.yaml searches the averaging callback's decay: no key of the resolved config
+    # names it, yet fit takes it after the `+=` that adds the callback (the last list entry).
+    space = tune.load_space(Path("configs/tune/ema.yaml"))
+    args = ["--config", "configs/experiment/smoke.yaml", "--trainer.callbacks+=configs/callbacks/ema.yaml"]
+    tune.check_space_flags(space, tune.parse_fit(args), args)
+    with pytest.raises(UserError, match=r"params\.trainer\.callbacks\.decay is not a fit flag"):
+        tune.check_space_flags(space, tune.parse_fit(args[:2]), args[:2])  # no averaging callback: no decay
+
+
 # --- a real study ------------------------------------------------------------------------------------
 
 

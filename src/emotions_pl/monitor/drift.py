@@ -6,15 +6,12 @@ prediction confidence. Each check is a two-sample test; a check drifts only when
 below the Bonferroni-corrected level *and* its effect size passes a floor, so that large samples of
 the same distribution (where tiny differences become "significant") do not raise false alarms.
 Writes ``drift.json`` and ``drift.html`` and exits 1 when drift passes the threshold, so it can gate
-a job.
+a job. Loading the samples is in ``drift_sample``, the HTML report in ``drift_report``.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import html
-import io
 import json
 import random
 import re
@@ -29,34 +26,13 @@ import numpy as np
 from emotions_pl.commands import tool_parser
 from emotions_pl.errors import UserError
 from emotions_pl.files import atomic_write_text
-from emotions_pl.schema import LABEL as LOG_LABEL
-from emotions_pl.schema import LABELS, label_index
-from emotions_pl.schema import LOG_TEXT_CHARS as LOG_LENGTH
-from emotions_pl.schema import SCORE as LOG_SCORE
-from emotions_pl.tables import FORMATS, DataValidationError, find_split_file, read_table
+from emotions_pl.monitor.drift_report import figures, render_html
+from emotions_pl.monitor.drift_sample import Sample, add_predictions, load_sample, subsample
+from emotions_pl.schema import LABELS
 
-# The server's prediction log lines carry LOG_LENGTH, LOG_LABEL and LOG_SCORE (schema.py); a data
-# file has ``text`` instead.
 DEFAULT_MIN_EFFECT = {"text_length": 0.1, "oov_rate": 0.05, "unk_rate": 0.02, "label": 0.1, "score": 0.1}
 SMALL_SAMPLE = 50
 _WORDS = re.compile(r"\w+")
-
-
-@dataclass
-class Sample:
-    """One side of the comparison, reduced to what the checks need."""
-
-    source: str
-    kind: str  # "data" or "log"
-    length: np.ndarray
-    text: list[str] | None = None
-    label: list[str] | None = None
-    label_kind: str | None = None  # "true" or "predicted"
-    score: np.ndarray | None = None
-
-    @property
-    def size(self) -> int:
-        return len(self.length)
 
 
 @dataclass
@@ -70,129 +46,6 @@ class Check:
     drift: bool = False
     skipped: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------- loading
-
-
-def data_files(path: Path, role: str) -> list[Path]:
-    """A file, or a folder's files: a data folder's train split, else every jsonl/csv/parquet inside."""
-    if not path.exists():
-        raise UserError(f"--{role}: {path} does not exist.")
-    if path.is_file():
-        return [path]
-    if role == "reference" and any((path / f"train{ext}").exists() for ext in FORMATS):
-        return [find_split_file(path, "train")]
-    files = sorted(p for p in path.iterdir() if p.is_file() and is_table(p))
-    if not files:
-        raise DataValidationError(f"--{role}: {path} holds no .jsonl, .csv or .parquet files.")
-    return files
-
-
-def is_table(path: Path) -> bool:
-    """Data and log files, including rotated logs such as ``predictions.jsonl.1``."""
-    return path.suffix in FORMATS or bool(re.fullmatch(r".*\.jsonl\.\d+", path.name))
-
-
-def label_name(value: Any, labels: Sequence[str], where: str) -> str:
-    index = label_index(value, labels)
-    if index is None:
-        raise DataValidationError(
-            f"{where}: label {value!r} is not one of {list(labels)} or an index into them."
-        )
-    return labels[index]
-
-
-def load_sample(paths: Sequence[Path], role: str, labels: Sequence[str]) -> Sample:
-    """Read data files (``text``, optional ``label``) or prediction logs (``text_length``, ``label``,
-    ``score``, and ``text`` when the server was asked to keep it)."""
-    files = [f for p in paths for f in data_files(p, role)]
-    texts: list[str] = []
-    lengths: list[int] = []
-    names: list[str] = []
-    scores: list[float] = []
-    kinds = set()
-    for path in files:
-        frame, offset = read_table(path, skip_blank_lines=True)
-        if frame.empty:
-            continue
-        kind = "data" if "text" in frame.columns and LOG_LENGTH not in frame.columns else "log"
-        if kind == "log" and LOG_LENGTH not in frame.columns:
-            raise DataValidationError(
-                f"{path}: needs a 'text' column (data) or '{LOG_LENGTH}' (prediction log); "
-                f"found {list(frame.columns)}."
-            )
-        kinds.add(kind)
-        if len(kinds) > 1:
-            raise DataValidationError(
-                f"--{role}: mixes data files and prediction logs ({path}); pass one kind."
-            )
-        if kind == "log" and LOG_LABEL in frame.columns:
-            frame = frame[frame[LOG_LABEL].notna()]  # failed requests carry no prediction
-        for i, row in enumerate(frame.to_dict("records")):
-            where = f"{path} row {frame.index[i] + offset}"
-            if kind == "data":
-                text = row["text"]
-                if not isinstance(text, str):
-                    raise DataValidationError(f"{where}: 'text' is {text!r}, not a string.")
-                texts.append(text)
-                lengths.append(len(text))
-            else:
-                length = row[LOG_LENGTH]
-                if isinstance(length, bool) or not isinstance(length, int | float) or length < 0:
-                    raise DataValidationError(f"{where}: '{LOG_LENGTH}' is {length!r}, not a length.")
-                lengths.append(int(length))
-                if isinstance(row.get("text"), str):
-                    texts.append(row["text"])
-            if "label" in row and row["label"] is not None:
-                names.append(label_name(row["label"], labels, where))
-            if kind == "log" and isinstance(row.get(LOG_SCORE), int | float):
-                scores.append(float(row[LOG_SCORE]))
-    if not lengths:
-        raise DataValidationError(f"--{role}: {', '.join(map(str, files))} hold no rows.")
-    n = len(lengths)
-    (kind,) = kinds
-    return Sample(
-        source=", ".join(map(str, files)),
-        kind=kind,
-        length=np.asarray(lengths, dtype=float),
-        text=texts if len(texts) == n else None,
-        label=names if len(names) == n else None,
-        label_kind=("true" if kind == "data" else "predicted") if len(names) == n else None,
-        score=np.asarray(scores) if len(scores) == n else None,
-    )
-
-
-def subsample(sample: Sample, max_rows: int, seed: int) -> Sample:
-    """Keep at most ``max_rows`` rows (seeded) so that predicting and testing stay fast."""
-    if sample.size <= max_rows:
-        return sample
-    keep = sorted(random.Random(seed).sample(range(sample.size), max_rows))
-
-    def pick(values: Any) -> Any:
-        if values is None:
-            return None
-        return values[keep] if isinstance(values, np.ndarray) else [values[i] for i in keep]
-
-    return Sample(
-        sample.source,
-        sample.kind,
-        pick(sample.length),
-        pick(sample.text),
-        pick(sample.label),
-        sample.label_kind,
-        pick(sample.score),
-    )
-
-
-def add_predictions(sample: Sample, predictor: Any) -> None:
-    """Replace labels and scores by the model's predictions (needs the texts)."""
-    if sample.text is None:
-        return
-    probs = predictor.predict_proba(sample.text)
-    sample.label = [predictor.labels[i] for i in probs.argmax(1)]
-    sample.label_kind = "predicted"
-    sample.score = probs.max(1)
 
 
 # ---------------------------------------------------------------- checks
@@ -375,99 +228,6 @@ def run_checks(
     return checks
 
 
-# ---------------------------------------------------------------- report
-
-
-def _figure_png(draw: Any) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3))
-    draw(ax)
-    ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def figures(ref: Sample, cur: Sample, labels: Sequence[str]) -> dict[str, str]:
-    out = {}
-
-    def lengths(ax: Any) -> None:
-        bins = np.histogram_bin_edges(np.concatenate([ref.length, cur.length]), bins=30)
-        ax.hist(ref.length, bins=bins, density=True, alpha=0.5, label="reference")
-        ax.hist(cur.length, bins=bins, density=True, alpha=0.5, label="current")
-        ax.set_xlabel("text length (characters)")
-
-    out["text length"] = _figure_png(lengths)
-    if ref.label is not None and cur.label is not None:
-
-        def shares(ax: Any) -> None:
-            x = np.arange(len(labels))
-            for offset, (name, values) in zip(
-                (-0.2, 0.2), (("reference", ref.label), ("current", cur.label)), strict=True
-            ):
-                counts = Counter(values)
-                ax.bar(x + offset, [counts[n] / len(values) for n in labels], width=0.4, label=name)
-            ax.set_xticks(x, labels)
-            ax.set_ylabel("share")
-
-        out["labels"] = _figure_png(shares)
-    if ref.score is not None and cur.score is not None:
-
-        def scores(ax: Any) -> None:
-            bins = np.linspace(0, 1, 21)
-            ax.hist(ref.score, bins=bins, density=True, alpha=0.5, label="reference")
-            ax.hist(cur.score, bins=bins, density=True, alpha=0.5, label="current")
-            ax.set_xlabel("prediction score (top probability)")
-
-        out["prediction scores"] = _figure_png(scores)
-    return out
-
-
-def render_html(summary: dict[str, Any], images: dict[str, str]) -> str:
-    def fmt(value: Any) -> str:
-        return (
-            "" if value is None else f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
-        )
-
-    rows = []
-    for c in summary["checks"]:
-        status = "skipped" if c["skipped"] else "DRIFT" if c["drift"] else "ok"
-        rows.append(
-            f"<tr class='{status.lower()}'><td>{c['name']}</td><td>{status}</td><td>{fmt(c['test'])}</td>"
-            f"<td>{fmt(c['p_value'])}</td><td>{fmt(c['effect'])} <small>{fmt(c['effect_name'])}</small></td>"
-            f"<td>{fmt(c['min_effect'])}</td><td>{fmt(c['skipped'] or json.dumps(c['details']))}</td></tr>"
-        )
-    verdict = "DRIFT" if summary["drift"] else "no drift"
-    pictures = "".join(
-        f"<figure><img src='data:image/png;base64,{png}' alt='{html.escape(title)}'>"
-        f"<figcaption>{html.escape(title)}</figcaption></figure>"
-        for title, png in images.items()
-    )
-    ref, cur = summary["reference"], summary["current"]
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>emotions_pl drift: {verdict}</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}} tr.drift{{background:#fdd}}
-tr.skipped{{color:#888}} figure{{display:inline-block;margin:0 1em 1em 0}}</style></head><body>
-<h1>Drift: {verdict}</h1>
-<p>{summary["drifted"]} of {summary["checks_run"]} checks drifted (the job fails at {summary["threshold"]}).
-A check drifts when p &lt; {summary["alpha"]} / {summary["checks_run"]} (Bonferroni)
-and |effect| &ge; its floor.</p>
-<p>Reference: {html.escape(ref["source"])} ({ref["rows"]} rows, {ref["kind"]})<br>
-Current: {html.escape(cur["source"])} ({cur["rows"]} rows, {cur["kind"]})</p>
-<table><tr><th>check</th><th>status</th><th>test</th><th>p-value</th><th>effect</th><th>floor</th>
-<th>details</th></tr>{"".join(rows)}</table>
-{pictures}
-</body></html>
-"""
-
-
 # ---------------------------------------------------------------- CLI
 
 
@@ -526,7 +286,6 @@ def drift(args: argparse.Namespace) -> dict[str, Any]:
     predictor = tokenizer = None
     labels: Sequence[str] = LABELS
     if args.model:
-        from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         from emotions_pl.artifact.predictor import Predictor
@@ -535,7 +294,7 @@ def drift(args: argparse.Namespace) -> dict[str, Any]:
 
         predictor = Predictor.from_folder(args.model, variant=args.variant)
         labels = list(predictor.labels)
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        tokenizer = predictor.tokenizer  # the [UNK] check reuses it rather than loading the folder's again
     ref = subsample(load_sample(args.reference, "reference", labels), args.max_rows, args.seed)
     cur = subsample(load_sample(args.current, "current", labels), args.max_rows, args.seed)
     if predictor is not None:

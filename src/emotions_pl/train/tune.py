@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import io
 import json
 import os
 import socket
@@ -110,11 +111,23 @@ def parse_fit(fit_args: list[str]) -> Any:
     raise AssertionError("LightningCLI returned without parsing")  # pragma: no cover
 
 
-def check_space_flags(space: Space, config: Any) -> None:
-    """Every key of the space must be a ``fit`` flag (a key of the resolved config)."""
+def _takes_flag(fit_args: list[str], key: str, param: Any) -> bool:
+    """Whether ``fit`` parses ``--key=value`` though the resolved config has no such key: an argument
+    of the last class in a list, e.g. ``trainer.callbacks.decay`` after ``--trainer.callbacks+=FILE``."""
+    value = param.choices[0] if param.choices else param.low
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            parse_fit([*fit_args, *fit_flags({key: value})])
+    except SystemExit:
+        return False
+    return True
+
+
+def check_space_flags(space: Space, config: Any, fit_args: list[str]) -> None:
+    """Every key of the space must be a ``fit`` flag: a key of the resolved config, or one fit takes."""
     keys = list(config.keys())
-    for key in space.params:
-        if key not in config:
+    for key, param in space.params.items():
+        if key not in config and not _takes_flag(fit_args, key, param):
             close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else " (see emotions-pl fit --print_config)"
             raise UserError(f"{space.path}: params.{key} is not a fit flag{hint}")
@@ -313,7 +326,7 @@ def run(args: argparse.Namespace) -> int:
 
     base = parse_fit([*config_args, *fit_args])  # a bad --config or fit flag fails here, as fit would
     base_args = [*config_args, *one_device_args(base, fit_args), *fit_args]
-    check_space_flags(space, base)
+    check_space_flags(space, base, [*config_args, *fit_args])
     storage = open_storage(url)
     seed, worker, how = worker_seed(args.seed, args.worker_index)
     sampler, pruner = make_sampler(space, seed), make_pruner(space)
