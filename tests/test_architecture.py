@@ -1,6 +1,6 @@
 """The layout's rules, checked on the source: imports flow train -> artifact -> serve -> monitor, shared
-modules import no stage, one module writes temp-and-rename, and the tools that do not train never
-import Lightning."""
+modules import no stage, no import cycle (lazy imports too), one module writes temp-and-rename, and the
+tools that do not train never import Lightning."""
 
 from __future__ import annotations
 
@@ -47,6 +47,41 @@ def test_imports_flow_one_way(path: Path) -> None:
     for module in imported_modules(path):
         stage = stage_of(module)
         assert stage is None or stage in allowed, f"{relative} imports {module} (a later stage)"
+
+
+def module_name(path: Path) -> str:
+    parts = ("emotions_pl", *path.relative_to(PACKAGE).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_import_cycle() -> None:
+    # Every import counts, the ones inside functions too (a lazy import hides a cycle, it does not
+    # remove it); `from pkg import name` counts pkg.name when that is a module.
+    modules = {module_name(path): path for path in sources()}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                edges.add(node.module)
+                edges |= {f"{node.module}.{alias.name}" for alias in node.names}
+        graph[name] = {edge for edge in edges if edge in modules and edge != name}
+    done: set[str] = set()
+
+    def visit(name: str, trail: list[str]) -> None:
+        if name in trail:
+            cycle = [*trail[trail.index(name) :], name]
+            pytest.fail("import cycle: " + " -> ".join(cycle))
+        if name in done:
+            return
+        for edge in sorted(graph[name]):
+            visit(edge, [*trail, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
 
 
 def test_only_files_py_renames_into_place() -> None:
