@@ -1,7 +1,7 @@
 """Session-scoped fixtures shared by data, model, CLI, export, server and pipeline tests.
 
 Everything heavy is built once: the tiny smoke run (a real fit through the CLI) and its checkpoint.
-The server process, free ports and waiting live in ``helpers`` (shared with scripts/bench_serve.py).
+The server process, free ports and waiting live in ``helpers`` (shared with scripts/bench/).
 """
 
 from __future__ import annotations

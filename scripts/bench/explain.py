@@ -1,8 +1,9 @@
 """Explanation benchmark: what an explanation costs, whether it is faithful, and what `/explain` under
 load leaves `/predict`.
 
-    python scripts/bench_explain.py --model models/emotions            # the whole report
-    python scripts/bench_explain.py --model models/emotions --n 100 --no-serve
+    python -m scripts.bench.explain --model models/emotions            # the whole report
+    python -m scripts.bench.explain --model models/emotions --n 100 --no-serve
+    python -m scripts.bench.explain --smoke       # a tiny model, a dozen texts, short phases (seconds)
 
 Parts (each can be skipped):
 
@@ -17,7 +18,7 @@ Parts (each can be skipped):
   saturated (more senders than its queue admits), then alone again; loopback, bounded by
   ``--requests`` and ``--max-seconds``. The floor: >= 60 % kept.
 
-Prints markdown tables; writes JSON (``--output``, default ``bench/explain.json``).
+Prints markdown tables; writes JSON (``--output``, default ``results/bench/explain.json``).
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import random
 import signal
 import sys
@@ -37,20 +36,21 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "src"))
-from bench_serve import _read_response, load, read_jsonl  # noqa: E402
-from emotions_pl.artifact.explain import DEFAULT_STEPS, Explainer, top_words, without  # noqa: E402
-from emotions_pl.artifact.predictor import Predictor  # noqa: E402
-from emotions_pl.serve import options  # noqa: E402
-from helpers import Server  # noqa: E402
+from emotions_pl.artifact.explain import DEFAULT_STEPS, Explainer, top_words, without
+from emotions_pl.artifact.predictor import Predictor
+from emotions_pl.serve import options
+from scripts.bench import common
 
-DEFAULT_DATA = (
-    Path(os.environ.get("EMOTIONS_DATA_DIR", REPO.parent / "shared" / "data" / "emotion")) / "test.jsonl"
-)
 KS = (1, 2, 3)
+SMOKE = {
+    "n": 12,
+    "cost_texts": 4,
+    "steps": [8, DEFAULT_STEPS],
+    "random_draws": 2,
+    "requests": 24,
+    "max_seconds": 30,
+    "data": common.SAMPLE_DATA,
+}
 
 
 def cost(
@@ -148,14 +148,8 @@ async def saturate(url: str, texts: list[str], senders: int, stop: asyncio.Event
         try:
             while not stop.is_set():
                 body = json.dumps({"texts": rng.sample(texts, 8)}).encode()
-                writer.write(
-                    (
-                        f"POST /explain HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                        f"Content-Length: {len(body)}\r\n\r\n"
-                    ).encode()
-                    + body
-                )
-                status = str(await _read_response(reader))
+                writer.write(common.post(host, "/explain", body))
+                status = str(await common.read_response(reader))
                 statuses[status] = statuses.get(status, 0) + 1
                 if status == "429":
                     await asyncio.sleep(0.05)  # the queue is full: it is saturated, no need to spin
@@ -175,17 +169,19 @@ async def predict_while_explaining(
     explaining = asyncio.create_task(saturate(url, texts, senders, stop))
     await asyncio.sleep(2.0)  # the queue fills
     try:
-        row = await asyncio.wait_for(load(url, texts, 16, requests, seed=16), max_seconds)
+        row = await asyncio.wait_for(common.load(url, texts, 16, requests, seed=16), max_seconds)
     finally:
         stop.set()
     row["explain_statuses"] = await explaining
     return row
 
 
-def serve_part(args: argparse.Namespace, texts: list[str], logs: Path) -> dict[str, Any]:
-    server = Server(args.model, logs / "serve.log", "--variant", args.variant, ready_timeout=300)
+def serve_part(model: Path, args: argparse.Namespace, texts: list[str], logs: Path) -> dict[str, Any]:
+    from tests.helpers import Server  # the tests' server process (common.run_server_bench's too)
+
+    server = Server(model, logs / "serve.log", "--variant", args.variant, ready_timeout=300)
     try:
-        asyncio.run(load(server.url, texts, 4, 40, seed=99))  # warm up
+        asyncio.run(common.load(server.url, texts, 4, 40, seed=99))  # warm up
         # One explanation first: the explainer loads in the HTTP process on first need.
         asyncio.run(predict_while_explaining(server.url, texts, 16, 1, args.max_seconds))
         rows = []
@@ -197,7 +193,7 @@ def serve_part(args: argparse.Namespace, texts: list[str], logs: Path) -> dict[s
                 )
             else:
                 row = asyncio.run(
-                    asyncio.wait_for(load(server.url, texts, 16, args.requests), args.max_seconds)
+                    asyncio.wait_for(common.load(server.url, texts, 16, args.requests), args.max_seconds)
                 )
             rows.append({"phase": phase, **row})
             print(f"  /predict c=16 {phase:<18} {row['rps']:>7.1f} req/s p50 {row['p50_ms']} ms", flush=True)
@@ -210,8 +206,8 @@ def serve_part(args: argparse.Namespace, texts: list[str], logs: Path) -> dict[s
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="export folder (python -m emotions_pl export ... --int8)")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="test jsonl (text, label)")
+    p.add_argument("--model", type=Path, help=common.MODEL_HELP)
+    p.add_argument("--data", type=Path, default=common.DEFAULT_DATA, help="test jsonl (text, label)")
     p.add_argument(
         "--variant", help="the variant served and whose label is explained (default: serve's auto choice)"
     )
@@ -225,24 +221,36 @@ def main() -> int:
     p.add_argument("--no-cost", action="store_true")
     p.add_argument("--no-faithfulness", action="store_true")
     p.add_argument("--no-serve", action="store_true")
-    p.add_argument("--output", type=Path, default=REPO / "bench" / "explain.json")
-    args = p.parse_args()
+    p.add_argument("--output", type=Path, help="default results/bench/explain.json")
+    args = common.parse(p, SMOKE)
+    if args.model is None and not args.smoke:
+        p.error("--model is required (or --smoke)")
+    output = common.output_path(args.output, "explain", args.smoke)
     options.set_openmp_waiting()  # as the server does (before torch starts OpenMP)
-    rows = read_jsonl(args.data)
+    with tempfile.TemporaryDirectory(prefix="bench-explain-") as tmp:
+        model = args.model or common.smoke_export(Path(tmp))
+        report = run(model, args, Path(tmp))
+    common.write_json(output, report)
+    print_report(report)
+    return 0
+
+
+def run(model: Path, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
+    rows = common.read_jsonl(args.data)
     texts = [r["text"] for r in random.Random(args.seed).sample(rows, min(args.n, len(rows)))]
-    info = json.loads((Path(args.model) / "export_info.json").read_text())
-    variant = args.variant = args.variant or options.choose_variant(args.model, info)[0]
+    info = json.loads((model / "export_info.json").read_text())
+    variant = args.variant = args.variant or options.choose_variant(model, info)[0]
     report: dict[str, Any] = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": options.available_cores(), "platform": platform.platform()},
-        "load_average_at_start": os.getloadavg(),
-        "model": {"path": str(args.model), "name": info.get("name"), "served_variant": variant},
+        "smoke": args.smoke,
+        "machine": common.machine(),
+        "model": {"path": str(model), "name": info.get("name"), "served_variant": variant},
         "data": str(args.data),
         "default_steps": DEFAULT_STEPS,
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "settings": common.settings(args),
     }
     print(f"served variant {variant}; attributions from fp32 at {DEFAULT_STEPS} steps", flush=True)
-    explainer = Explainer.from_folder(args.model, variant, DEFAULT_STEPS, num_threads=1)
+    explainer = Explainer.from_folder(model, variant, DEFAULT_STEPS, num_threads=1)
     if not args.no_cost:
         report["cost"] = cost(explainer, texts, args.steps, args.cost_texts, max(10, args.cost_texts // 4))
     if not args.no_faithfulness:
@@ -255,45 +263,34 @@ def main() -> int:
         )
         report["faithfulness"] = faithfulness(explainer, fp32, texts, args.random_draws, args.seed)
     if not args.no_serve:
-        with tempfile.TemporaryDirectory(prefix="bench-explain-") as tmp:
-            report["serve"] = serve_part(args, texts, Path(tmp))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print_report(report)
-    print(f"wrote {args.output}")
-    return 0
+        report["serve"] = serve_part(model, args, texts, logs)
+    return report
 
 
 def print_report(report: dict[str, Any]) -> None:
     if "cost" in report:
-        print("\n| steps | texts | mean ms | p50 ms | p95 ms | mean convergence delta |")
-        print("|---:|---:|---:|---:|---:|---:|")
-        for r in report["cost"]:
-            print(
-                f"| {r['steps']} | {r['texts']} | {r['mean_ms']} | {r['p50_ms']} | {r['p95_ms']} | "
-                f"{r['mean_convergence_delta']} |"
-            )
+        columns = {"steps": "steps", "texts": "texts", "mean ms": "mean_ms", "p50 ms": "p50_ms"}
+        columns |= {"p95 ms": "p95_ms", "mean convergence delta": "mean_convergence_delta"}
+        print("\n" + common.table(report["cost"], columns))
     if "faithfulness" in report:
-        print(
-            "\n| probabilities of | k | texts | top-k drop | random-k drop | gap (95 % CI) | top > random "
-            "| met |"
-        )
-        print("|---|---:|---:|---:|---:|---:|---:|---|")
-        for name, rows in report["faithfulness"]["by_variant"].items():
-            for r in rows:
-                ci = f"{r['gap_ci95'][0]}-{r['gap_ci95'][1]}"
-                print(
-                    f"| {name} | {r['k']} | {r['texts']} | {r['top_k_drop']} | {r['random_k_drop']} | "
-                    f"{r['gap']} ({ci}) | {r['top_beats_random_share']:.1%} | {'yes' if r['met'] else 'NO'} |"
-                )
+        rows = [
+            {
+                **r,
+                "variant": name,
+                "gap_ci": f"{r['gap']} ({r['gap_ci95'][0]}-{r['gap_ci95'][1]})",
+                "share": f"{r['top_beats_random_share']:.1%}",
+                "met": "yes" if r["met"] else "NO",
+            }
+            for name, by_k in report["faithfulness"]["by_variant"].items()
+            for r in by_k
+        ]
+        columns = {"probabilities of": "variant", "k": "k", "texts": "texts", "top-k drop": "top_k_drop"}
+        columns |= {"random-k drop": "random_k_drop", "gap (95 % CI)": "gap_ci", "top > random": "share"}
+        print("\n" + common.table(rows, columns | {"met": "met"}))
     if "serve" in report:
-        print("\n| /predict at c=16 | req/s | p50 ms | p95 ms | non-2xx | /explain answers |")
-        print("|---|---:|---:|---:|---:|---|")
-        for r in report["serve"]["rows"]:
-            print(
-                f"| {r['phase']} | {r['rps']} | {r['p50_ms']} | {r['p95_ms']} | {r['non_2xx']} | "
-                f"{r.get('explain_statuses', '')} |"
-            )
+        columns = {"/predict at c=16": "phase", "req/s": "rps", "p50 ms": "p50_ms", "p95 ms": "p95_ms"}
+        columns |= {"non-2xx": "non_2xx", "/explain answers": "explain_statuses"}
+        print("\n" + common.table(report["serve"]["rows"], columns))
         s = report["serve"]
         print(
             f"kept while /explain is saturated: {s['kept']:.1%} "
