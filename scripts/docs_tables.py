@@ -7,7 +7,7 @@ A block sits between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->``; ev
 is prose and stays as written. The sources: ``reports/metrics.json`` (the pipeline model, written by
 ``dvc repro``'s ``evaluate`` stage), the seed studies in ``results/seeds/`` (``emotions-pl seeds``),
 the comparisons in ``results/compare/`` (``emotions-pl compare --output``) and the MPNet teacher's
-``evaluate`` in ``results/mpnet/``.
+``evaluate`` in ``results/mpnet/`` and the benchmarks' reports in ``results/bench/``.
 ``tests/test_docs.py`` runs ``--check``, so a number in the docs cannot drift from its file.
 """
 
@@ -26,6 +26,7 @@ METRICS = Path("reports") / "metrics.json"  # paths relative to the checkout (--
 SEEDS = Path("results") / "seeds"
 COMPARE = Path("results") / "compare"  # `compare --output` files the docs quote
 MPNET = Path("results") / "mpnet" / "metrics.json"  # `evaluate` of the MPNet teacher's export
+BENCH = Path("results") / "bench"  # `python -m scripts.bench.NAME` reports
 LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end: (?P=name) -->)", re.S)
 
@@ -182,6 +183,53 @@ def comparison(path: Path, key: str | None = None) -> Callable[[], str]:
     return render
 
 
+def bench_serve() -> str:
+    """The serving benchmark: req/s (p50 / p95 / p99 ms) per server and concurrency, bare bound, floors."""
+    report = load(BENCH / "serve.json")
+    levels = report["settings"]["concurrency"]
+    cells: dict[str, dict[int, str]] = {}
+    for row in report["results"]:
+        cells.setdefault(row["server"], {})[row["concurrency"]] = (
+            f"{row['rps']:.1f} ({row['p50_ms']:.1f} / {row['p95_ms']:.1f} / {row['p99_ms']:.1f})"
+        )
+    bad = sum(row["non_2xx"] for row in report["results"])
+    lines = [
+        f"Model `{report['model']['name']}` ({report['machine']['cpus']} cores, {report['created'][:10]}); "
+        f"the default picked {report['default_variant']}. Req/s (p50 / p95 / p99 ms), "
+        f"{report['settings']['requests']} requests a level, {bad} non-2xx:",
+        "",
+        "| server | " + " | ".join(f"c={c}" for c in levels) + " |",
+        "|---|" + "---:|" * len(levels),
+    ]
+    lines += [
+        f"| {name} | " + " | ".join(row.get(c, "") for c in levels) + " |" for name, row in cells.items()
+    ]
+    sizes = list(next(iter(report["bare"].values()))["chunk_texts_per_s"])
+    lines += [
+        "",
+        f"Bare model, texts/s in chunks of {' / '.join(sizes)} (the **bound** is the best):",
+        "",
+        "| variant | threads | " + " | ".join(f"chunk {k}" for k in sizes) + " | bound |",
+        "|---|---:|" + "---:|" * (len(sizes) + 1),
+    ]
+    for v, b in report["bare"].items():
+        speeds = " | ".join(f"{b['chunk_texts_per_s'][k]:.1f}" for k in sizes)
+        lines.append(f"| {v} | {b['threads']} | {speeds} | {b['bound_texts_per_s']:.1f} |")
+    lines += ["", "| floor | value | target | met |", "|---|---:|---:|---|"]
+    lines += [
+        f"| {f['what']} | {f['value']:g} | {f['target']:g} | {'yes' if f['met'] else '**no**'} |"
+        for f in report["floors"]
+    ]
+    if "long_run" in report:
+        lr = report["long_run"]
+        lines += [
+            "",
+            f"Long run: {lr['requests']:,} requests at c={lr['concurrency']}, {lr['rps']:.1f} req/s, "
+            f"p50 {lr['p50_ms']:.1f} / p99 {lr['p99_ms']:.1f} ms, {lr['non_2xx']} non-2xx.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 # Each block's name -> what writes it. A block whose source file is missing is left as it is.
 RENDERERS: dict[str, tuple[Path, Callable[[], str]]] = {
     "headline": (METRICS, headline),
@@ -194,6 +242,7 @@ RENDERERS: dict[str, tuple[Path, Callable[[], str]]] = {
     "compare-calibrator": (COMPARE / "calibrator.json", comparison(COMPARE / "calibrator.json")),
     "compare-int8": (COMPARE / "int8.json", comparison(COMPARE / "int8.json")),
     "compare-mpnet": (COMPARE / "mpnet.json", comparison(COMPARE / "mpnet.json")),
+    "bench-serve": (BENCH / "serve.json", bench_serve),
 }
 
 

@@ -84,6 +84,18 @@ def test_no_import_cycle() -> None:
         visit(name, [])
 
 
+MAX_LINES = 400  # a module past this holds more than one job: split it at its seams
+
+
+def test_no_module_is_over_the_line_cap() -> None:
+    long = {
+        str(path.relative_to(PACKAGE)): n
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
+    assert not long, long
+
+
 def test_only_files_py_renames_into_place() -> None:
     writers = [
         p.relative_to(PACKAGE)

@@ -1,32 +1,44 @@
 """User errors through the real entry point: one short ``error:`` line naming the file, row, field or
 flag, exit 2, no traceback -- in the LightningCLI subcommands and the tools alike. ``--debug`` shows the
-traceback, and a programming error still raises."""
+traceback, and a programming error still raises. In this process (``main`` as ``python -m`` runs it),
+except where the environment must be set before a library is imported."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from emotions_pl.__main__ import main
-from helpers import REPO, run_module
+from emotions_pl.artifact.checkpoint import CheckpointError
+from helpers import run_main, run_module
 
 SMOKE = ("--config", "configs/experiment/smoke.yaml", "--trainer.max_epochs", "1")
 
 
-def fails_cleanly(*args: str, env: dict | None = None) -> str:
-    """Run the entry point; assert exit 2 and a short error; return that error."""
-    proc = run_module(*args, env={"HF_ENDPOINT": "http://127.0.0.1:9", **(env or {})}, expect=2, timeout=300)
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr[-3000:]
-    tail = proc.stderr[proc.stderr.index(errors[0]) :].strip().splitlines()
+def one_error_line(stderr: str) -> str:
+    """Assert a short error with no traceback; return its ``error:`` line."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, stderr[-3000:]
+    tail = stderr[stderr.index(errors[0]) :].strip().splitlines()
     assert len(tail) <= 2, tail  # the error, at most a pointer to --help
     return errors[0]
+
+
+@pytest.fixture
+def fails_cleanly(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    """Run the entry point in this process; assert exit 2 and one short error; return that error."""
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)  # configs/ paths are the checkout's
+    monkeypatch.setattr("sys.argv", ["emotions_pl"])  # LightningCLI rewrites it; give it back after
+
+    def run(*args: str) -> str:
+        capsys.readouterr()
+        assert run_main(*args) == 2
+        return one_error_line(capsys.readouterr().err)
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +52,12 @@ def bad_rows(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return folder
 
 
-def test_fit_bad_data_row_names_file_row_and_value(bad_rows: Path) -> None:
+def test_fit_bad_data_row_names_file_row_and_value(bad_rows: Path, fails_cleanly) -> None:
     error = fails_cleanly("fit", *SMOKE, "--data.source", str(bad_rows))
     assert f"{bad_rows / 'train.jsonl'}: 1 bad row(s): row 3: label 'happy'" in error
 
 
-def test_fit_missing_data_folder(tmp_path: Path) -> None:
+def test_fit_missing_data_folder(tmp_path: Path, fails_cleanly) -> None:
     missing = tmp_path / "no" / "such"
     assert fails_cleanly("fit", *SMOKE, "--data.source", str(missing)) == (
         f"error: {missing}: no such folder (for data set, a local folder or a hub id)."
@@ -53,7 +65,11 @@ def test_fit_missing_data_folder(tmp_path: Path) -> None:
 
 
 def test_fit_unreachable_hub_in_one_sentence() -> None:
-    error = fails_cleanly("fit", *SMOKE, "--data.source", "dair-ai/emotion")
+    # a process of its own: huggingface_hub reads HF_ENDPOINT when it is imported
+    proc = run_module(
+        "fit", *SMOKE, "--data.source", "dair-ai/emotion", env={"HF_ENDPOINT": "http://127.0.0.1:9"}, expect=2
+    )
+    error = one_error_line(proc.stderr)
     assert "Cannot reach the Hugging Face hub to download data set 'dair-ai/emotion'" in error
 
 
@@ -66,11 +82,15 @@ def test_fit_unreachable_hub_in_one_sentence() -> None:
     ],
     ids=["bad-flag-value", "missing-config", "missing-checkpoint"],
 )
-def test_lightning_subcommands_name_the_flag_or_file(args: tuple[str, ...], expected: str) -> None:
+def test_lightning_subcommands_name_the_flag_or_file(
+    args: tuple[str, ...], expected: str, fails_cleanly
+) -> None:
     assert expected in fails_cleanly(*args)
 
 
-def test_tools_name_the_file_flag_or_row(tmp_path: Path, bad_rows: Path, exported_dir: Path) -> None:
+def test_tools_name_the_file_flag_or_row(
+    tmp_path: Path, bad_rows: Path, exported_dir: Path, fails_cleanly
+) -> None:
     not_a_ckpt = tmp_path / "notes.ckpt"
     not_a_ckpt.write_text("not a checkpoint")
     empty = tmp_path / "empty_export"
@@ -118,28 +138,14 @@ def test_tools_name_the_file_flag_or_row(tmp_path: Path, bad_rows: Path, exporte
     assert not Path(out).exists()  # nothing half-written
 
 
-def test_debug_shows_the_traceback(tmp_path: Path) -> None:
-    for switch, env in ((["--debug"], {}), ([], {"EMOTIONS_DEBUG": "1"})):
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "emotions_pl",
-                *switch,
-                "export",
-                "--ckpt",
-                "no/such.ckpt",
-                "--output",
-                "x",
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={**os.environ, **env},
-        )
-        assert proc.returncode == 1
-        assert "Traceback" in proc.stderr and "CheckpointError: no/such.ckpt" in proc.stderr
+def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --debug or EMOTIONS_DEBUG the user error is raised as it is (Python prints the traceback)."""
+    # --debug sets EMOTIONS_DEBUG (for the processes a run starts) behind monkeypatch's back: setting it
+    # through monkeypatch first makes the undo remove it, so later in-process tests see no debug.
+    for switch, env in ((["--debug"], ""), ([], "1")):
+        monkeypatch.setenv("EMOTIONS_DEBUG", env)
+        with pytest.raises(CheckpointError, match=r"no/such\.ckpt"):
+            main([*switch, "export", "--ckpt", "no/such.ckpt", "--output", "x"])
 
 
 def test_a_programming_error_still_raises(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

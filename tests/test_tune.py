@@ -142,6 +142,23 @@ def test_workers_starting_together_on_a_new_sqlite_study_all_open_it(tmp_path: P
         assert [answers.get(timeout=5) for _ in workers] == ["ok"] * 4
 
 
+def test_a_dead_workers_trial_runs_again_with_its_params(tmp_path: Path) -> None:
+    """A worker killed mid-trial leaves it RUNNING; once its heartbeat is stale the next worker fails it
+    and Optuna queues the same params again (the storage's retry callback)."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(storage=storage.open_storage(url), study_name="s")
+    dead = study.ask({"decay": optuna.distributions.CategoricalDistribution([0.99, 0.995])})
+    study._storage.record_heartbeat(dead._trial_id)  # what optimize does; then the worker is killed
+    later = storage.open_storage(url)
+    later.grace_period = 0  # instead of waiting out the 180 s
+    time.sleep(1.1)
+    optuna.storages.fail_stale_trials(optuna.load_study(study_name="s", storage=later))
+    trials = optuna.load_study(study_name="s", storage=later).get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+    assert trials[1].params == trials[0].params
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trials[1]) == 0
+
+
 def test_values_become_fit_flags() -> None:
     flags = tune.fit_flags(
         {"model.learning_rate": 1e-05, "data.batch_size": 16, "model.class_weights": [1.0, 2.0], "x": None}

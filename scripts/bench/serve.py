@@ -333,7 +333,9 @@ def run(args: argparse.Namespace, model: Path, data: Path, texts: list[str], log
                 flush=True,
             )
     if args.long_run and not args.no_default:
-        got, log = bench(f"long run (default: {chosen})", [*args.serve_arg], None, concurrency=[64])
+        got, log = bench(
+            f"long run (default: {chosen})", [*args.serve_arg], None, concurrency=[64], requests=args.long_run
+        )
         report["long_run"] = got[0]
         report["long_run_server_log_tail"] = log[-2000:]
     if args.log_overhead and not args.no_default:

@@ -56,10 +56,16 @@ def open_storage(url: str) -> Any:
     last: Exception | None = None
     for attempt in range(3):
         try:
-            with warnings.catch_warnings(), _creation_lock(url):  # heartbeats: a dead worker's trials fail
+            # heartbeats: a dead worker's trial fails when the next worker starts, and runs again
+            # with the same params (a killed session or machine loses that trial's progress, not its point)
+            with warnings.catch_warnings(), _creation_lock(url):
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
-                    url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=180
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=60,
+                    grace_period=180,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
                 )
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as error:
             last = error
