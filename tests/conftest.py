@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from emotions_pl import sources
-from helpers import SHARED_DATA, run_module
+from helpers import SHARED_DATA, run_here
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,9 +50,9 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real fit of the smoke experiment through the CLI entry; returns its run folder."""
+    """A real fit of the smoke experiment through the CLI entry (in this process); returns its run folder."""
     run_dir = tmp_path_factory.mktemp("smoke_run")
-    proc = run_module(
+    out = run_here(
         "fit",
         "--config",
         "configs/experiment/smoke.yaml",
@@ -61,7 +61,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--trainer.enable_progress_bar",
         "false",
     )
-    (run_dir / "fit.out").write_text(proc.stdout)
+    (run_dir / "fit.out").write_text(out.stdout)
     return run_dir
 
 
@@ -72,7 +72,7 @@ def smoke_ckpt(smoke_run: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def exported_dir(smoke_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The smoke checkpoint exported once through the CLI, with its ONNX and int8 variants."""
+    """The smoke checkpoint exported once through the CLI (in this process), with ONNX and int8."""
     output = tmp_path_factory.mktemp("export") / "emotions-smoke"
-    run_module("export", "--ckpt", str(smoke_ckpt), "--output", str(output), "--int8")
+    run_here("export", "--ckpt", str(smoke_ckpt), "--output", str(output), "--int8")
     return output

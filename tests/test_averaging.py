@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from emotions_pl.train import model as model_module
 from emotions_pl.train.model import EmotionClassifier
-from helpers import run_module
+from helpers import run_here
 
 TINY = {"model_type": "distilbert", "dim": 32, "hidden_dim": 64, "n_layers": 2, "n_heads": 2}
 
@@ -43,7 +43,7 @@ def test_averaging_configures_the_model_once(minilm_dir: Path, tokenizer, monkey
 
 def test_the_checkpoint_and_the_export_hold_the_averaged_weights(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    run_module(
+    run_here(
         "fit",
         "--config",
         "configs/experiment/smoke.yaml",
@@ -64,7 +64,7 @@ def test_the_checkpoint_and_the_export_hold_the_averaged_weights(tmp_path: Path)
     assert len(moved) > len(raw) // 2  # 12 steps at decay 0.8: the average lags the raw weights
 
     output = tmp_path / "export"
-    run_module("export", "--ckpt", str(ckpt), "--output", str(output))
+    run_here("export", "--ckpt", str(ckpt), "--output", str(output))
     shipped = load_file(output / "model.safetensors")
     for name, tensor in shipped.items():
         assert torch.equal(tensor, averaged[f"model.{name}"]), name

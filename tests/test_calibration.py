@@ -19,7 +19,7 @@ from emotions_pl.artifact import calibration, checkpoint
 from emotions_pl.artifact.predictor import Predictor
 from emotions_pl.schema import LABELS
 from emotions_pl.tables import read_split
-from helpers import run_main, run_module
+from helpers import run_here, run_main
 
 TEXTS = [
     "i feel so happy and grateful today",
@@ -272,7 +272,7 @@ def test_fold_refuses_a_bias_it_has_nowhere_to_put() -> None:
 def calibrated_dir(smoke_ckpt: Path, sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The smoke checkpoint exported with ``--data``: a temperature fitted and folded, every variant."""
     output = tmp_path_factory.mktemp("calibrated") / "emotions-calibrated"
-    run_module(
+    run_here(
         "export", "--ckpt", str(smoke_ckpt), "--output", str(output), "--int8", "--data", str(sample_dir)
     )
     return output

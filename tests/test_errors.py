@@ -31,7 +31,6 @@ def one_error_line(stderr: str) -> str:
 def fails_cleanly(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
     """Run the entry point in this process; assert exit 2 and one short error; return that error."""
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)  # configs/ paths are the checkout's
-    monkeypatch.setattr("sys.argv", ["emotions_pl"])  # LightningCLI rewrites it; give it back after
 
     def run(*args: str) -> str:
         capsys.readouterr()

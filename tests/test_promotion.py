@@ -14,7 +14,7 @@ from emotions_pl.artifact import export, promotion
 from emotions_pl.artifact.predictor import Predictor
 from emotions_pl.files import sha256
 from emotions_pl.schema import LABELS
-from helpers import run_module
+from helpers import run_here
 
 
 def _info(sha: str, run_test: float | None = None, fp32_test: float | None = None, data: str = "d") -> dict:
@@ -98,7 +98,7 @@ def test_cli_refuses_a_worse_model_with_exit_1_and_keeps_the_folder(
     """The folder holds a model with a (better) recorded test score; the smoke checkpoint has none."""
     output = _holding_a_better_model(exported_dir, tmp_path)
     before = (output / "export_info.json").read_bytes()
-    proc = run_module("export", "--ckpt", str(smoke_ckpt), "--output", str(output), expect=1)
+    proc = run_here("export", "--ckpt", str(smoke_ckpt), "--output", str(output), expect=1)
     assert (
         proc.stderr.startswith("error: ")
         and "holds a model with a recorded test f1_macro (0.9500" in proc.stderr

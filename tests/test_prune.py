@@ -17,7 +17,7 @@ from emotions_pl.artifact import checkpoint, prune
 from emotions_pl.artifact.predictor import Predictor
 from emotions_pl.errors import UserError
 from emotions_pl.schema import LABELS
-from helpers import Server, run_module
+from helpers import Server, run_here
 
 TEXTS = [
     "i feel so happy and grateful today",
@@ -162,7 +162,7 @@ def test_a_base_model_without_a_head_prunes_as_a_base_model(minilm_dir: Path, tm
 def pruned_dir(smoke_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny smoke checkpoint (2 layers) pruned to its top layer through the CLI."""
     output = tmp_path_factory.mktemp("pruned") / "tiny-top1"
-    proc = run_module(
+    proc = run_here(
         "prune", "--ckpt", str(smoke_ckpt), "--keep-layers", "1", "--strategy", "top", "--output", str(output)
     )
     assert f"kept layers [1] of 2 (top) -> {output}" in proc.stdout
@@ -216,14 +216,14 @@ def test_bad_keep_layers_exit_2_with_one_line(
     smoke_ckpt: Path, tmp_path: Path, args: list[str], message: str
 ) -> None:
     output = tmp_path / "never"
-    proc = run_module("prune", "--ckpt", str(smoke_ckpt), *args, "--output", str(output), expect=2)
+    proc = run_here("prune", "--ckpt", str(smoke_ckpt), *args, "--output", str(output), expect=2)
     assert proc.stderr.strip() == message
     assert not output.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_it_replaces_only_a_folder_it_wrote(exported_dir: Path, smoke_ckpt: Path, pruned_dir: Path) -> None:
     before = sorted(p.name for p in exported_dir.iterdir())
-    proc = run_module(
+    proc = run_here(
         "prune", "--ckpt", str(smoke_ckpt), "--keep-layers", "1", "--output", str(exported_dir), expect=2
     )
     assert (
@@ -239,7 +239,7 @@ def test_it_replaces_only_a_folder_it_wrote(exported_dir: Path, smoke_ckpt: Path
 def pruned_export(pruned_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The pruned folder fine-tuned by a normal `fit` (one epoch of the smoke recipe), then exported."""
     run_dir = tmp_path_factory.mktemp("pruned_fit")
-    run_module(
+    run_here(
         "fit",
         "--config",
         "configs/experiment/smoke.yaml",
@@ -255,7 +255,7 @@ def pruned_export(pruned_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
         "false",
     )
     output = tmp_path_factory.mktemp("pruned_export") / "emotions-pruned"
-    run_module(
+    run_here(
         "export", "--ckpt", str(run_dir / "checkpoints" / "last.ckpt"), "--output", str(output), "--int8"
     )
     return output

@@ -11,7 +11,7 @@ import pytest
 
 from emotions_pl.artifact.predictor import VARIANT_FILES, Predictor
 from emotions_pl.monitor import perturb
-from helpers import run_main, run_module
+from helpers import run_here, run_main
 
 TEXTS = [
     "i feel so happy about the trip tomorrow",
@@ -89,7 +89,7 @@ def test_cli_table_json_and_clean_accuracy_match_the_predictor(
 ) -> None:
     data = sample_dir / "test.jsonl"
     out = tmp_path / "report"
-    proc = run_module("robustness", "--model", str(exported_dir), "--data", str(data), "--output", str(out))
+    proc = run_here("robustness", "--model", str(exported_dir), "--data", str(data), "--output", str(out))
     variants = [v for v, file in VARIANT_FILES.items() if (exported_dir / file).is_file()]
     report = json.loads((out / "robustness.json").read_text())
     assert list(report["variants"]) == variants and report["rows"] == 24

@@ -19,7 +19,7 @@ import yaml
 from emotions_pl.plots import confusion_figure, png_bytes
 from emotions_pl.schema import LABELS
 from emotions_pl.train.tracking import EmotionsWandbLogger, resolve_mode
-from helpers import REPO, run_module
+from helpers import REPO, run_here
 
 SWEEP = REPO / "configs" / "sweep.yaml"
 SMOKE = "configs/experiment/smoke.yaml"
@@ -199,7 +199,7 @@ def test_tensorboard_logger_and_test_confusion_matrix(
         tmp_path / "last.ckpt"
     )  # a copy: `test` records its metrics in the run.json of its checkpoint's run
     shutil.copy(smoke_ckpt, ckpt)
-    run_module(
+    run_here(
         "test",
         "--config",
         SMOKE,
@@ -228,7 +228,7 @@ PRESETS = {"simple": "run_training_batch", "advanced": "Profile stats for", "pyt
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_profiler_preset_writes_its_report(tmp_path: Path, preset: str) -> None:
-    run_module(
+    run_here(
         "fit",
         "--config",
         SMOKE,

@@ -163,6 +163,42 @@ def run_main(*args: str) -> int:
 
     from emotions_pl.__main__ import main
 
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
+    # What the entry point changes for the processes it starts, given back: LightningCLI reads (and
+    # the dispatcher rewrites) sys.argv; --debug, seed_everything and the offline switch set variables.
+    argv, environ = list(sys.argv), dict(os.environ)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(list(args))
+    finally:
+        sys.argv[:] = argv
+        os.environ.clear()
+        os.environ.update(environ)
     return exit_info.value.code
+
+
+def run_here(*args: str, env: dict | None = None, expect: int = 0) -> subprocess.CompletedProcess:
+    """``run_module`` in this process: ``run_main(ARGS)`` with stdout and stderr captured, ``env`` added
+    to the environment for the call; fails the test with both streams unless it exits ``expect``.
+
+    For what needs no process of its own (most commands): it saves the interpreter's start and imports.
+    Session fixtures use it too, since they cannot take capsys.
+    """
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = {key: os.environ.get(key) for key in env or {}}
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run_main(*args)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    assert code == expect, (
+        f"emotions_pl {' '.join(args)}: exit {code}, expected {expect}:\n"
+        f"{out.getvalue()[-3000:]}\n{err.getvalue()[-5000:]}"
+    )
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())

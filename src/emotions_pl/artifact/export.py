@@ -360,8 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    for signum in (signal.SIGINT, signal.SIGTERM):  # clean up the temporary folder on either
-        signal.signal(signum, _stop_on_signal)
+    # Clean up the temporary folder on either signal; the caller's handlers come back after (the tests
+    # run export in their own process).
+    previous = {signum: signal.signal(signum, _stop_on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -379,5 +380,8 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("export interrupted; its temporary folder was removed", file=sys.stderr)
         return 130
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     print(f"exported {args.ckpt} -> {args.output} ({', '.join(info['variants'])})")
     return 0

@@ -65,7 +65,9 @@ def open_storage(url: str) -> Any:
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=60,
                     grace_period=180,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                        max_retry=1
+                    ),
                 )
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as error:
             last = error
