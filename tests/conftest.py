@@ -7,12 +7,14 @@ The server process, free ports and waiting live in ``helpers`` (shared with scri
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from emotions_pl import sources
-from helpers import SHARED_DATA, run_here
+from helpers import API_KEY_ENV, SERVER_KEY, SHARED_DATA, Server, run_here
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -76,3 +78,21 @@ def exported_dir(smoke_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     output = tmp_path_factory.mktemp("export") / "emotions-smoke"
     run_here("export", "--ckpt", str(smoke_ckpt), "--output", str(output), "--int8")
     return output
+
+
+@pytest.fixture(scope="session")
+def int8_server(exported_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The smoke export's int8 variant on a real server, no API key, shared by the contract, explain and
+    page tests (a start costs seconds); stopped with SIGTERM at the end, checked for orphans."""
+    srv = Server(exported_dir, tmp_path_factory.mktemp("int8_server") / "server.log", "--variant", "int8")
+    yield srv
+    srv.stop(signal.SIGTERM)
+
+
+@pytest.fixture(scope="session")
+def keyed_server(exported_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The same with the API key ``SERVER_KEY`` from the environment (docker's way)."""
+    log = tmp_path_factory.mktemp("keyed_server") / "server.log"
+    srv = Server(exported_dir, log, "--variant", "int8", env={API_KEY_ENV: SERVER_KEY})
+    yield srv
+    srv.stop(signal.SIGTERM)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,20 +24,14 @@ pytestmark = pytest.mark.integration
 MAX_EXAMPLES = 100
 MAX_TIME = 300
 SEED = os.environ.get("SCHEMATHESIS_SEED", "20261202")
-KEY = "s3cret-for-the-fuzzer"
 BIN = Path(sys.executable).parent
 CODEGEN = REPO / ".venv" / "codegen" / "bin"  # .ci/run installs requirements/codegen.txt there
 
 
 @pytest.fixture(params=["no key", "key"], scope="module")
-def server(request: pytest.FixtureRequest, exported_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    env = {"LIT_SERVER_API_KEY": KEY} if request.param == "key" else {}
-    srv = Server(
-        exported_dir, tmp_path_factory.mktemp("contract") / "server.log", "--variant", "int8", env=env
-    )
-    srv.key = env.get("LIT_SERVER_API_KEY")
-    yield srv
-    srv.stop(signal.SIGTERM)
+def server(request: pytest.FixtureRequest) -> Server:
+    """The session's int8 servers (conftest), without and with an API key."""
+    return request.getfixturevalue("int8_server" if request.param == "no key" else "keyed_server")
 
 
 def test_schemathesis_finds_nothing(server: Server, tmp_path: Path) -> None:

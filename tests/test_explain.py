@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -171,10 +170,8 @@ def test_explain_command(exported_dir: Path, capsys: pytest.CaptureFixture) -> N
 
 
 @pytest.fixture(scope="module")
-def server(exported_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(exported_dir, tmp_path_factory.mktemp("explain") / "server.log", "--variant", "int8")
-    yield srv
-    srv.stop(signal.SIGTERM)
+def server(int8_server: Server) -> Server:
+    return int8_server  # the session's int8 server (conftest)
 
 
 @pytest.mark.integration

@@ -7,13 +7,12 @@ Skips, saying why, when Chromium or Playwright is missing.
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from helpers import Server
+from helpers import SERVER_KEY, Server
 
 pytestmark = pytest.mark.integration
 
@@ -46,13 +45,6 @@ def browser() -> Iterator[object]:
         browser.close()
 
 
-@pytest.fixture(scope="module")
-def page_server(exported_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(exported_dir, tmp_path_factory.mktemp("ui") / "server.log")
-    yield srv
-    srv.stop(signal.SIGTERM)
-
-
 def _open(browser: object, url: str) -> object:
     page = browser.new_page(viewport={"width": 900, "height": 1000})
     offsite: list[str] = []
@@ -62,8 +54,8 @@ def _open(browser: object, url: str) -> object:
     return page
 
 
-def test_the_page_predicts_and_shows_errors(browser: object, page_server: Server, tmp_path: Path) -> None:
-    page = _open(browser, page_server.url)
+def test_the_page_predicts_and_shows_errors(browser: object, int8_server: Server, tmp_path: Path) -> None:
+    page = _open(browser, int8_server.url)
     assert page.get_by_label("Text").is_visible() and not page.get_by_label("API key").is_visible()
     page.get_by_label("Text").fill("i am so happy and grateful for my friends today")
     page.get_by_role("button", name="Predict", exact=True).click()
@@ -98,8 +90,8 @@ def test_the_page_predicts_and_shows_errors(browser: object, page_server: Server
     page.close()
 
 
-def test_the_page_explains_by_shading_the_words(browser: object, page_server: Server, tmp_path: Path) -> None:
-    page = _open(browser, page_server.url)
+def test_the_page_explains_by_shading_the_words(browser: object, int8_server: Server, tmp_path: Path) -> None:
+    page = _open(browser, int8_server.url)
     text = "  i feel happy!! happy 😊, really?\n\ttruly  "
     page.get_by_label("Text").fill(text)
     page.get_by_role("button", name="Explain", exact=True).click()
@@ -123,33 +115,27 @@ def test_the_page_explains_by_shading_the_words(browser: object, page_server: Se
     page.close()
 
 
-def test_the_page_asks_for_the_key_and_sends_it(browser: object, exported_dir: Path, tmp_path: Path) -> None:
-    srv = Server(
-        exported_dir, tmp_path / "server.log", "--variant", "int8", env={"LIT_SERVER_API_KEY": "s3cret"}
-    )
-    try:
-        page = _open(browser, srv.url)
-        key = page.get_by_label("API key")
-        key.wait_for(state="visible")  # /info answered 401: the page shows the key field
-        page.get_by_label("Text").fill("i am furious about how they treated us")
-        page.get_by_role("button", name="Predict", exact=True).click()
-        page.wait_for_function("document.getElementById('error').textContent.includes('API key')")
-        key.fill("s3cret")
-        page.get_by_role("button", name="Predict", exact=True).click()
-        page.wait_for_selector("#bars li")
-        assert page.inner_text("#error") == ""
-        # /info, now called with the key, names the variant.
-        page.wait_for_function("document.getElementById('model').textContent.includes('(int8)')")
-        page.close()
-    finally:
-        srv.stop(signal.SIGTERM)
+def test_the_page_asks_for_the_key_and_sends_it(browser: object, keyed_server: Server) -> None:
+    page = _open(browser, keyed_server.url)
+    key = page.get_by_label("API key")
+    key.wait_for(state="visible")  # /info answered 401: the page shows the key field
+    page.get_by_label("Text").fill("i am furious about how they treated us")
+    page.get_by_role("button", name="Predict", exact=True).click()
+    page.wait_for_function("document.getElementById('error').textContent.includes('API key')")
+    key.fill(SERVER_KEY)
+    page.get_by_role("button", name="Predict", exact=True).click()
+    page.wait_for_selector("#bars li")
+    assert page.inner_text("#error") == ""
+    # /info, now called with the key, names the variant.
+    page.wait_for_function("document.getElementById('model').textContent.includes('(int8)')")
+    page.close()
 
 
-def test_docs_render_offline(browser: object, page_server: Server) -> None:
+def test_docs_render_offline(browser: object, int8_server: Server) -> None:
     page = browser.new_page()
     offsite: list[str] = []
-    page.on("request", lambda r: None if r.url.startswith(page_server.url) else offsite.append(r.url))
-    page.goto(f"{page_server.url}/docs")
+    page.on("request", lambda r: None if r.url.startswith(int8_server.url) else offsite.append(r.url))
+    page.goto(f"{int8_server.url}/docs")
     page.wait_for_selector("text=/predict", timeout=30_000)  # Swagger UI rendered the operations
     assert offsite == []
     page.close()

@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 # The real data set (never committed): tests that need it skip without it (the shared_data fixture).
 SHARED_DATA = Path(os.environ.get("EMOTIONS_SHARED_DATA", REPO.parent / "shared" / "data" / "emotion"))
 API_KEY_ENV = "LIT_SERVER_API_KEY"
+SERVER_KEY = "s3cret"  # the API key of the session's keyed server (conftest.keyed_server)
 SERVE = (sys.executable, "-m", "emotions_pl", "serve")
 
 
@@ -72,6 +73,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         environ = {k: v for k, v in os.environ.items() if k != API_KEY_ENV} | (env or {})
+        self.key = environ.get(API_KEY_ENV)  # the API key it asks for, or None
         with log_path.open("w") as log:
             self.proc = subprocess.Popen(
                 [*command, "--model", str(model_dir), "--port", str(self.port), *args],
