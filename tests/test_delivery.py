@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO
+from helpers import REPO, run_here
 
 DOCKER = REPO / "docker"
 DOCKERFILES = {"train": DOCKER / "Dockerfile.train", "serve": DOCKER / "Dockerfile.serve"}
@@ -90,9 +90,7 @@ def only(steps: list[tuple[str, str]], keyword: str) -> str:
 
 @functools.cache
 def serve_help() -> str:
-    proc = run(sys.executable, "-m", "emotions_pl", "serve", "--help")
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
+    return run_here("serve", "--help").stdout
 
 
 def flags(argv: list[str]) -> list[str]:
@@ -440,9 +438,7 @@ def test_vertex_job_runs_the_cloud_build_train_image_with_valid_cli_args() -> No
     args = container["args"]
     assert args[0] == "fit"
     # The image's ENTRYPOINT is `python -m emotions_pl`: the same args must parse with the real CLI here.
-    proc = run(sys.executable, "-m", "emotions_pl", *args, "--print_config")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    printed = yaml.safe_load(proc.stdout)
+    printed = yaml.safe_load(run_here(*args, "--print_config").stdout)
     assert printed["trainer"]["default_root_dir"].startswith("/gcs/")
     assert printed["trainer"]["logger"]["class_path"] == "emotions_pl.train.tracking.EmotionsWandbLogger"
     assert not any("KEY" in e["name"] or "SECRET" in e["name"] for e in container.get("env", []))

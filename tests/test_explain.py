@@ -243,8 +243,9 @@ def test_openapi_documents_explain(server: Server) -> None:
 def test_a_full_explain_queue_answers_429_and_predict_still_answers(
     exported_dir: Path, tmp_path: Path
 ) -> None:
-    """One request admitted at a time, slow explanations (512 steps, 8 long texts): a burst gets 429s,
-    /predict answers meanwhile, and the queue frees once the burst is done. With an API key."""
+    """One request admitted at a time, slow explanations (256 steps, 4 long texts: seconds, while the
+    burst arrives within milliseconds): a burst gets 429s, /predict answers meanwhile, and the queue
+    frees once the burst is done. With an API key."""
     key = {"X-API-Key": "k3y"}
     srv = Server(
         exported_dir,
@@ -252,12 +253,12 @@ def test_a_full_explain_queue_answers_429_and_predict_still_answers(
         "--explain-queue",
         "1",
         "--explain-steps",
-        "512",
+        "256",
         env={"LIT_SERVER_API_KEY": "k3y"},
     )
     try:
         assert httpx.post(f"{srv.url}/explain", json={"text": "hi"}, timeout=30).status_code == 401
-        body = {"texts": [LONG] * 8}
+        body = {"texts": [LONG] * 4}
 
         def explain(_: int) -> httpx.Response:
             return httpx.post(f"{srv.url}/explain", json=body, headers=key, timeout=120)
