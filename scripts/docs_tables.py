@@ -7,7 +7,8 @@ A block sits between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->``; ev
 is prose and stays as written. The sources: ``reports/metrics.json`` (the pipeline model, written by
 ``dvc repro``'s ``evaluate`` stage), the seed studies in ``results/seeds/`` (``emotions-pl seeds``),
 the comparisons in ``results/compare/`` (``emotions-pl compare --output``) and the MPNet teacher's
-``evaluate`` in ``results/mpnet/`` and the benchmarks' reports in ``results/bench/``.
+``evaluate`` in ``results/mpnet/``, the validation sweeps in ``results/tune/``
+(``scripts/experiments/sweep_json.py``) and the benchmarks' reports in ``results/bench/``.
 ``tests/test_docs.py`` runs ``--check``, so a number in the docs cannot drift from its file.
 """
 
@@ -27,6 +28,7 @@ SEEDS = Path("results") / "seeds"
 COMPARE = Path("results") / "compare"  # `compare --output` files the docs quote
 MPNET = Path("results") / "mpnet" / "metrics.json"  # `evaluate` of the MPNet teacher's export
 BENCH = Path("results") / "bench"  # `python -m scripts.bench.NAME` reports
+TUNE = Path("results") / "tune"  # validation sweeps: a `tune` study's trials as JSON
 LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end: (?P=name) -->)", re.S)
 
@@ -142,6 +144,67 @@ def seed_table(name: str) -> Callable[[], str]:
     return render
 
 
+# The model issue's four arms (MiniLM, fp32, 3 seeds each): study name -> what it adds to the recipe.
+ARMS = {
+    "head": "today's recipe (`configs/experiment/offline.yaml`)",
+    "ema": "+ weight averaging (`configs/callbacks/ema.yaml`)",
+    "distill": "distilled from MPNet (`configs/experiment/distill.yaml`, `teachers/mpnet.npz`)",
+    "distill_ema": "distilled + weight averaging",
+}
+
+
+def arms_table() -> str:
+    """One row per arm from its seed study: validation and test mean ± std, surprise F1, minutes per fit,
+    and ``compare``'s verdict against today's recipe (the study's ``--reference``); "not run yet" rows."""
+
+    def cell(summary: dict[str, Any] | None) -> str:
+        return mean_std(summary) if summary else "n/a"
+
+    lines = [
+        "| arm | seeds | val acc | val macro-F1 | test acc | test macro-F1 | test surprise F1 | min / fit "
+        "| against today's recipe |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, title in ARMS.items():
+        path = ROOT / SEEDS / f"{name}.json"
+        if not path.is_file():
+            lines.append(f"| {title} | 0 | not run yet | | | | | | |")
+            continue
+        study = load(SEEDS / f"{name}.json")
+        sv, st = study["summary"]["validation"], study["summary"]["test"]
+        minutes = study["summary"].get("fit_minutes")
+        verdict = (study.get("reference") or {}).get("comparison", {}).get("verdict", "")
+        lines.append(
+            f"| {title} | {len(study['seeds'])} | {mean_std(sv['acc'])} | {mean_std(sv['f1_macro'])} | "
+            f"{mean_std(st['acc'])} | {mean_std(st['f1_macro'])} | {mean_std(st['f1']['surprise'])} | "
+            f"{cell(minutes)} | {verdict or '(the reference)'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def sweep_table(name: str) -> Callable[[], str]:
+    """A validation sweep (``results/tune/<name>.json``, dumped from the ``tune`` study): one row per
+    trial, its parameters and objective, the best in bold."""
+
+    def render() -> str:
+        sweep = load(TUNE / f"{name}.json")
+        done = [t for t in sweep["trials"] if t["state"] == "COMPLETE"]
+        best = max(done, key=lambda t: t["value"]) if done else None
+        keys = sorted({k for t in sweep["trials"] for k in t["params"]})
+        lines = [
+            "| " + " | ".join(f"`{k}`" for k in keys) + f" | {sweep['objective']} | min |",
+            "|" + "---:|" * (len(keys) + 2),
+        ]
+        for t in sweep["trials"]:
+            value = f"{t['value']:.4f}" if t["state"] == "COMPLETE" else t["state"].lower()
+            value = f"**{value}**" if t is best else value
+            params = " | ".join(str(t["params"].get(k, "")) for k in keys)
+            lines.append(f"| {params} | {value} | {t['minutes'] or ''} |")
+        return "\n".join(lines) + "\n"
+
+    return render
+
+
 def comparison(path: Path, key: str | None = None) -> Callable[[], str]:
     """A ``compare`` result (its ``--output``, or ``key`` of a seed study: the comparison it ran against
     its reference): each side, B - A with its paired interval, McNemar, the verdict."""
@@ -230,6 +293,27 @@ def bench_serve() -> str:
     return "\n".join(lines) + "\n"
 
 
+def bench_train_ema() -> str:
+    """Weight averaging's cost per fit step (``scripts.bench.train --ema``) against its floor."""
+    report = load(BENCH / "train_ema.json")
+    lines = [
+        "| model | step s, plain | step s, averaged | cost | floor | met |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for r in report["ema"]:
+        lines.append(
+            f"| {r['model']} | {r['step_s']:.4f} | {r['step_s_ema']:.4f} | {r['cost_pct']:.1f} % | "
+            f"{r['floor_pct']} % | {'yes' if r['met'] else 'no'} |"
+        )
+    spread = ", ".join(f"{r['contender']} {r['spread']}" for r in report["rows"])
+    lines += [
+        "",
+        f"Medians of {report['repeats']} alternating repeats of {report['samples']} real train texts "
+        f"(samples/s spread: {spread}).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 # Each block's name -> what writes it. A block whose source file is missing is left as it is.
 RENDERERS: dict[str, tuple[Path, Callable[[], str]]] = {
     "headline": (METRICS, headline),
@@ -237,12 +321,15 @@ RENDERERS: dict[str, tuple[Path, Callable[[], str]]] = {
     "mpnet-metrics": (MPNET, metrics_table(MPNET)),
     "pipeline-calibration": (METRICS, calibration_table),
     "seeds-head": (SEEDS / "head.json", seed_table("head")),
-    "seeds-loader67": (SEEDS / "loader67.json", seed_table("loader67")),
+    "arms": (SEEDS / "head.json", arms_table),
+    "sweep-ema": (TUNE / "ema.json", sweep_table("ema")),
+    "sweep-distill": (TUNE / "distill.json", sweep_table("distill")),
     "compare-loader": (SEEDS / "loader67.json", comparison(SEEDS / "loader67.json", "reference")),
     "compare-calibrator": (COMPARE / "calibrator.json", comparison(COMPARE / "calibrator.json")),
     "compare-int8": (COMPARE / "int8.json", comparison(COMPARE / "int8.json")),
     "compare-mpnet": (COMPARE / "mpnet.json", comparison(COMPARE / "mpnet.json")),
     "bench-serve": (BENCH / "serve.json", bench_serve),
+    "bench-train-ema": (BENCH / "train_ema.json", bench_train_ema),
 }
 
 

@@ -32,6 +32,13 @@ SERVER_KEY = "s3cret"  # the API key of the session's keyed server (conftest.key
 SERVE = (sys.executable, "-m", "emotions_pl", "serve")
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT at its default, as for a terminal's foreground process. A test run
+    started in the background from a script inherits SIGINT ignored (shells do that to background jobs)
+    and would pass it on, and the server would not stop on Ctrl+C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
@@ -82,6 +89,7 @@ class Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_sigint_as_in_a_terminal,
             )
         self.family: list[psutil.Process] = []
         try:
