@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from emotions_pl import sources
-from helpers import API_KEY_ENV, SERVER_KEY, SHARED_DATA, Server, run_here
+from helpers import API_KEY_ENV, SERVER_KEY, SHARED_DATA, Server, manifest_batching, run_here
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -82,9 +82,11 @@ def exported_dir(smoke_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="session")
 def int8_server(exported_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The smoke export's int8 variant on a real server, no API key, shared by the contract, explain and
-    page tests (a start costs seconds); stopped with SIGTERM at the end, checked for orphans."""
-    srv = Server(exported_dir, tmp_path_factory.mktemp("int8_server") / "server.log", "--variant", "int8")
+    """The smoke export's int8 variant on a real server, no API key, with the Kubernetes manifest's
+    batching flags; shared by the contract, explain, page and deployment tests (a start costs seconds);
+    stopped with SIGTERM at the end, checked for orphans."""
+    log = tmp_path_factory.mktemp("int8_server") / "server.log"
+    srv = Server(exported_dir, log, "--variant", "int8", *manifest_batching())
     yield srv
     srv.stop(signal.SIGTERM)
 

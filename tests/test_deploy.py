@@ -6,25 +6,21 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import subprocess
-from pathlib import Path
 
 import httpx
 import kubernetes_validate
 import pytest
 import yaml
 
-from helpers import REPO, Server
+from helpers import BATCHING, K8S_MANIFEST, REPO, Server, manifest_batching
 
-K8S = REPO / "docker" / "k8s" / "serve.yaml"
 DEPLOY = REPO / "docker" / "gcp" / "deploy_cloud_run.sh"
 DOCKERFILE = REPO / "docker" / "Dockerfile.serve"
-BATCHING = ("--max-batch-size", "--batch-timeout", "--workers-per-device")
 
 
 def documents() -> dict[str, dict]:
-    return {d["kind"]: d for d in yaml.safe_load_all(K8S.read_text()) if d}
+    return {d["kind"]: d for d in yaml.safe_load_all(K8S_MANIFEST.read_text()) if d}
 
 
 def container() -> dict:
@@ -106,15 +102,12 @@ def test_manifest_and_cloud_run_run_the_server_with_the_same_batching() -> None:
 
 
 @pytest.mark.integration
-def test_the_server_starts_with_the_manifest_flags(exported_dir: Path, tmp_path: Path) -> None:
-    """The container's command, on loopback and a free port, with the smoke export as the model."""
-    args = container()["args"][1:]
-    keep = [a for i, a in enumerate(args) if a in BATCHING or (i and args[i - 1] in BATCHING)]
-    srv = Server(exported_dir, tmp_path / "server.log", *keep)
-    try:
-        probe = container()["readinessProbe"]["httpGet"]["path"]
-        assert httpx.get(f"{srv.url}{probe}", timeout=10).text == "ok"
-        batching = httpx.get(f"{srv.url}/info", timeout=10).json()["model"]["batching"]
-        assert batching["batch_timeout"] == 0 and batching["max_batch_size"] == 16
-    finally:
-        srv.stop(signal.SIGTERM)
+def test_the_server_starts_with_the_manifest_flags(int8_server: Server) -> None:
+    """The container's batching flags, on loopback and a free port, with the smoke export as the model:
+    the session's int8 server (conftest) starts with them."""
+    keep = manifest_batching()
+    assert keep and " ".join(keep) in " ".join(int8_server.args)
+    probe = container()["readinessProbe"]["httpGet"]["path"]
+    assert httpx.get(f"{int8_server.url}{probe}", timeout=10).text == "ok"
+    batching = httpx.get(f"{int8_server.url}/info", timeout=10).json()["model"]["batching"]
+    assert batching["batch_timeout"] == 0 and batching["max_batch_size"] == 16

@@ -30,6 +30,17 @@ SHARED_DATA = Path(os.environ.get("EMOTIONS_SHARED_DATA", REPO.parent / "shared"
 API_KEY_ENV = "LIT_SERVER_API_KEY"
 SERVER_KEY = "s3cret"  # the API key of the session's keyed server (conftest.keyed_server)
 SERVE = (sys.executable, "-m", "emotions_pl", "serve")
+K8S_MANIFEST = REPO / "docker" / "k8s" / "serve.yaml"
+BATCHING = ("--max-batch-size", "--batch-timeout", "--workers-per-device")
+
+
+def manifest_batching() -> list[str]:
+    """The batching flags (and values) of the Kubernetes Deployment's serve command."""
+    import yaml
+
+    documents = {d["kind"]: d for d in yaml.safe_load_all(K8S_MANIFEST.read_text()) if d}
+    args = documents["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"][1:]
+    return [a for i, a in enumerate(args) if a in BATCHING or (i and args[i - 1] in BATCHING)]
 
 
 def _sigint_as_in_a_terminal() -> None:
@@ -76,6 +87,7 @@ class Server:
         command: Sequence[str] = SERVE,
         ready_timeout: float = 180,
     ):
+        self.args = args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
