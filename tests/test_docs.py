@@ -40,3 +40,11 @@ def test_a_changed_result_makes_the_docs_stale(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(SCRIPT), "--root", str(tmp_path)], check=True, timeout=60)
     assert check(tmp_path).returncode == 0
     assert f"{values['test/acc']:.4f}" in (tmp_path / "README.md").read_text()
+
+
+def test_the_reference_pages_stay_short() -> None:
+    """Reference pages hold the current facts, one table per topic; earlier runs live in git
+    (docs/history.md points at them), so the pages do not grow into a lab notebook."""
+    for name, limit in {"results.md": 300, "serving.md": 400}.items():
+        lines = len((REPO / "docs" / name).read_text(encoding="utf-8").splitlines())
+        assert lines <= limit, f"docs/{name}: {lines} lines, over {limit}"
