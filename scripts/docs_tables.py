@@ -157,8 +157,8 @@ def arms_table() -> str:
     """One row per arm from its seed study: validation and test mean ± std, surprise F1, minutes per fit,
     and ``compare``'s verdict against today's recipe (the study's ``--reference``); "not run yet" rows."""
 
-    def cell(summary: dict[str, Any] | None) -> str:
-        return mean_std(summary) if summary else "n/a"
+    def minutes(summary: dict[str, Any] | None) -> str:
+        return f"{summary['mean']:.1f} ± {summary['std']:.1f}" if summary else "n/a"
 
     lines = [
         "| arm | seeds | val acc | val macro-F1 | test acc | test macro-F1 | test surprise F1 | min / fit "
@@ -172,12 +172,12 @@ def arms_table() -> str:
             continue
         study = load(SEEDS / f"{name}.json")
         sv, st = study["summary"]["validation"], study["summary"]["test"]
-        minutes = study["summary"].get("fit_minutes")
-        verdict = (study.get("reference") or {}).get("comparison", {}).get("verdict", "")
+        verdict = (study.get("reference") or {}).get("comparison", {}).get("verdict")
+        verdict = verdict or ("(the reference)" if name == "head" else "not compared yet")
         lines.append(
             f"| {title} | {len(study['seeds'])} | {mean_std(sv['acc'])} | {mean_std(sv['f1_macro'])} | "
             f"{mean_std(st['acc'])} | {mean_std(st['f1_macro'])} | {mean_std(st['f1']['surprise'])} | "
-            f"{cell(minutes)} | {verdict or '(the reference)'} |"
+            f"{minutes(study['summary'].get('fit_minutes'))} | {verdict} |"
         )
     return "\n".join(lines) + "\n"
 
