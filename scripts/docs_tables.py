@@ -323,7 +323,6 @@ RENDERERS: dict[str, tuple[Path, Callable[[], str]]] = {
     "seeds-head": (SEEDS / "head.json", seed_table("head")),
     "arms": (SEEDS / "head.json", arms_table),
     "sweep-ema": (TUNE / "ema.json", sweep_table("ema")),
-    "sweep-distill": (TUNE / "distill.json", sweep_table("distill")),
     "compare-loader": (SEEDS / "loader67.json", comparison(SEEDS / "loader67.json", "reference")),
     "compare-calibrator": (COMPARE / "calibrator.json", comparison(COMPARE / "calibrator.json")),
     "compare-int8": (COMPARE / "int8.json", comparison(COMPARE / "int8.json")),

@@ -11,20 +11,15 @@ import subprocess
 import httpx
 import kubernetes_validate
 import pytest
-import yaml
 
-from helpers import BATCHING, K8S_MANIFEST, REPO, Server, manifest_batching
+from helpers import BATCHING, REPO, Server, k8s_documents, manifest_batching
 
 DEPLOY = REPO / "docker" / "gcp" / "deploy_cloud_run.sh"
 DOCKERFILE = REPO / "docker" / "Dockerfile.serve"
 
 
-def documents() -> dict[str, dict]:
-    return {d["kind"]: d for d in yaml.safe_load_all(K8S_MANIFEST.read_text()) if d}
-
-
 def container() -> dict:
-    return documents()["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    return k8s_documents()["Deployment"]["spec"]["template"]["spec"]["containers"][0]
 
 
 def flag(args: list[str], name: str) -> str:
@@ -46,19 +41,19 @@ def cloud_run_argv() -> list[str]:
 @pytest.mark.parametrize("kind", ["Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"])
 def test_manifests_are_valid_kubernetes(kind: str) -> None:
     """Strict: unknown fields are errors too (a typo in a probe would be silently ignored by kubectl)."""
-    doc = documents()[kind]
+    doc = k8s_documents()[kind]
     assert kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
 
 
 def test_a_broken_manifest_is_caught() -> None:
-    doc = documents()["Deployment"]
+    doc = k8s_documents()["Deployment"]
     doc["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["paht"] = "/health"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
 
 
 def test_the_pieces_fit_together() -> None:
-    docs = documents()
+    docs = k8s_documents()
     deployment, service, hpa, pdb = (
         docs[k] for k in ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget")
     )

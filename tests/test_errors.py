@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from emotions_pl.__main__ import main
 from emotions_pl.artifact.checkpoint import CheckpointError
 from helpers import run_main, run_module
 
@@ -137,14 +136,12 @@ def test_tools_name_the_file_flag_or_row(
     assert not Path(out).exists()  # nothing half-written
 
 
-def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_debug_shows_the_traceback() -> None:
     """With --debug or EMOTIONS_DEBUG the user error is raised as it is (Python prints the traceback)."""
-    # --debug sets EMOTIONS_DEBUG (for the processes a run starts) behind monkeypatch's back: setting it
-    # through monkeypatch first makes the undo remove it, so later in-process tests see no debug.
-    for switch, env in ((["--debug"], ""), ([], "1")):
-        monkeypatch.setenv("EMOTIONS_DEBUG", env)
+    export = ("export", "--ckpt", "no/such.ckpt", "--output", "x")
+    for args, env in (("--debug", *export), None), (export, {"EMOTIONS_DEBUG": "1"}):
         with pytest.raises(CheckpointError, match=r"no/such\.ckpt"):
-            main([*switch, "export", "--ckpt", "no/such.ckpt", "--output", "x"])
+            run_main(*args, env=env)
 
 
 def test_a_programming_error_still_raises(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -155,4 +152,4 @@ def test_a_programming_error_still_raises(monkeypatch: pytest.MonkeyPatch, tmp_p
 
     monkeypatch.setattr(drift, "drift", broken)
     with pytest.raises(KeyError, match="a bug"):
-        main(["drift", "--reference", str(tmp_path), "--current", str(tmp_path), "--output", str(tmp_path)])
+        run_main("drift", "--reference", str(tmp_path), "--current", str(tmp_path), "--output", str(tmp_path))

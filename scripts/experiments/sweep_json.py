@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import optuna
+
+from emotions_pl.files import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,9 +45,7 @@ def main() -> None:
     storage = args.storage or f"sqlite:///{REPO / 'runs' / 'tune' / args.name / 'study.db'}"
     output = args.output or REPO / "results" / "tune" / f"{args.name}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(trials(args.name, storage), indent=1) + "\n")
-    os.replace(tmp, output)
+    atomic_write_text(output, json.dumps(trials(args.name, storage), indent=1) + "\n")
     print(f"{args.name}: {output}")
 
 

@@ -34,12 +34,16 @@ K8S_MANIFEST = REPO / "docker" / "k8s" / "serve.yaml"
 BATCHING = ("--max-batch-size", "--batch-timeout", "--workers-per-device")
 
 
-def manifest_batching() -> list[str]:
-    """The batching flags (and values) of the Kubernetes Deployment's serve command."""
+def k8s_documents() -> dict[str, dict]:
+    """The Kubernetes manifest's documents by kind."""
     import yaml
 
-    documents = {d["kind"]: d for d in yaml.safe_load_all(K8S_MANIFEST.read_text()) if d}
-    args = documents["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"][1:]
+    return {d["kind"]: d for d in yaml.safe_load_all(K8S_MANIFEST.read_text()) if d}
+
+
+def manifest_batching() -> list[str]:
+    """The batching flags (and values) of the Kubernetes Deployment's serve command."""
+    args = k8s_documents()["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"][1:]
     return [a for i, a in enumerate(args) if a in BATCHING or (i and args[i - 1] in BATCHING)]
 
 
@@ -176,8 +180,9 @@ def run_module(
     return proc
 
 
-def run_main(*args: str) -> int:
+def run_main(*args: str, env: dict | None = None) -> int:
     """``python -m emotions_pl ARGS`` in this process, through the real entry point; its exit code.
+    ``env`` is added to the environment for the call.
 
     Output goes to the test's capsys (or whatever ``sys.stdout``/``sys.stderr`` are at the time).
     """
@@ -188,6 +193,7 @@ def run_main(*args: str) -> int:
     # What the entry point changes for the processes it starts, given back: LightningCLI reads (and
     # the dispatcher rewrites) sys.argv; --debug, seed_everything and the offline switch set variables.
     argv, environ = list(sys.argv), dict(os.environ)
+    os.environ.update(env or {})
     try:
         with pytest.raises(SystemExit) as exit_info:
             main(list(args))
@@ -208,17 +214,8 @@ def run_here(*args: str, env: dict | None = None, expect: int = 0) -> subprocess
     import io
 
     out, err = io.StringIO(), io.StringIO()
-    saved = {key: os.environ.get(key) for key in env or {}}
-    os.environ.update(env or {})
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = run_main(*args)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_main(*args, env=env)
     assert code == expect, (
         f"emotions_pl {' '.join(args)}: exit {code}, expected {expect}:\n"
         f"{out.getvalue()[-3000:]}\n{err.getvalue()[-5000:]}"
