@@ -166,11 +166,11 @@ def arms_table() -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, title in ARMS.items():
-        path = ROOT / SEEDS / f"{name}.json"
-        if not path.is_file():
+        source = SEEDS / f"{name}.json"
+        if not (ROOT / source).is_file():
             lines.append(f"| {title} | 0 | not run yet | | | | | | |")
             continue
-        study = load(SEEDS / f"{name}.json")
+        study = load(source)
         sv, st = study["summary"]["validation"], study["summary"]["test"]
         verdict = (study.get("reference") or {}).get("comparison", {}).get("verdict")
         verdict = verdict or ("(the reference)" if name == "head" else "not compared yet")
