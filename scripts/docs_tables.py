@@ -246,6 +246,31 @@ def comparison(path: Path, key: str | None = None) -> Callable[[], str]:
     return render
 
 
+def shared_errors() -> str:
+    """The test rows every model gets wrong (``scripts/experiments/shared_errors.py``): how many, per class,
+    what they read as, and the accuracy left if every other row were right."""
+    e = load(COMPARE / "shared_errors.json")
+    models = ", ".join(f"{name} ({len(files)})" for name, files in e["models"].items())
+    lines = [
+        f"{e['missed_by_all']} of {e['rows']} test rows are wrong for all {e['members']} models ({models}; "
+        f"each scores {e['member_accuracy']['min']:.4f}–{e['member_accuracy']['max']:.4f}); "  # noqa: RUF001 (a range)
+        f"{e['missed_by_any']} are wrong for at least one. Right on every other row, a model would score "
+        f"{e['ceiling_accuracy']:.4f}.",
+        "",
+        "| class | " + " | ".join(LABELS) + " |",
+        "|---|" + "---:|" * len(LABELS),
+        "| test rows | " + " | ".join(str(e["by_label"][k]["rows"]) for k in LABELS) + " |",
+        "| wrong for all | " + " | ".join(str(e["by_label"][k]["missed_by_all"]) for k in LABELS) + " |",
+        "",
+        "Most often read as: "
+        + ", ".join(f"{p['actual']} as {p['read_as']} {p['rows']}" for p in e["pairs"][:4])
+        + ". The shortest: "
+        + "; ".join(f'"{x["text"]}" ({x["actual"]}, read as {x["read_as"]})' for x in e["examples"][:4])
+        + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def bench_serve() -> str:
     """The serving benchmark: req/s (p50 / p95 / p99 ms) per server and concurrency, bare bound, floors."""
     report = load(BENCH / "serve.json")
@@ -323,10 +348,11 @@ RENDERERS: dict[str, tuple[Path, Callable[[], str]]] = {
     "seeds-head": (SEEDS / "head.json", seed_table("head")),
     "arms": (SEEDS / "head.json", arms_table),
     "sweep-ema": (TUNE / "ema.json", sweep_table("ema")),
-    "compare-loader": (SEEDS / "loader67.json", comparison(SEEDS / "loader67.json", "reference")),
+    "sweep-distill": (TUNE / "distill.json", sweep_table("distill")),
     "compare-calibrator": (COMPARE / "calibrator.json", comparison(COMPARE / "calibrator.json")),
     "compare-int8": (COMPARE / "int8.json", comparison(COMPARE / "int8.json")),
     "compare-mpnet": (COMPARE / "mpnet.json", comparison(COMPARE / "mpnet.json")),
+    "shared-errors": (COMPARE / "shared_errors.json", shared_errors),
     "bench-serve": (BENCH / "serve.json", bench_serve),
     "bench-train-ema": (BENCH / "train_ema.json", bench_train_ema),
 }

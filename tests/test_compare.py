@@ -137,3 +137,32 @@ def test_a_seed_study_fits_each_seed_once_and_compares_with_a_reference(
     assert comparison["members"]["a"] == comparison["members"]["b"] and len(comparison["members"]["a"]) == 2
     assert comparison["difference"]["acc"]["value"] == 0.0
     assert comparison["verdict"].startswith("no detectable difference")
+
+
+def test_shared_errors_count_the_rows_no_model_gets_right(sample_dir: Path, tmp_path: Path) -> None:
+    """scripts/experiments/shared_errors.py: rows wrong for every member of every model, by class."""
+    from emotions_pl.schema import LABELS
+    from emotions_pl.tables import find_split_file, read_split
+    from scripts.experiments.shared_errors import shared_errors
+
+    _, targets = read_split(find_split_file(sample_dir, "test"), LABELS)
+
+    def missing(rows: set[int]) -> list[dict[str, str]]:
+        """Right on every row but ``rows``, where it predicts the next label."""
+        predicted = [(t + 1) % len(LABELS) if k in rows else t for k, t in enumerate(targets)]
+        return [
+            {"actual": LABELS[t], "predicted": LABELS[p], "score": "0.9"}
+            for t, p in zip(targets, predicted, strict=True)
+        ]
+
+    # model a's two members miss rows 0-3 and 0-2, 4, 5; model b misses 0-2 and 5: all miss rows 0-2
+    a1, a2, b = missing({0, 1, 2, 3}), missing({0, 1, 2, 4, 5}), missing({0, 1, 2, 5})
+    files = [predictions_csv(tmp_path / f"{n}.csv", rows) for n, rows in (("a1", a1), ("a2", a2), ("b", b))]
+    result = shared_errors(sample_dir, {"a": f"{files[0]},{files[1]}", "b": str(files[2])})
+    assert (result["rows"], result["members"]) == (SPLIT_ROWS, 3)
+    assert (result["missed_by_all"], result["missed_by_any"]) == (3, 6)
+    assert result["ceiling_accuracy"] == pytest.approx(1 - 3 / SPLIT_ROWS)
+    assert sum(c["missed_by_all"] for c in result["by_label"].values()) == 3
+    assert sum(c["rows"] for c in result["by_label"].values()) == SPLIT_ROWS
+    assert sum(p["rows"] for p in result["pairs"]) == 3
+    assert {x["read_as"] for x in result["examples"]} <= set(LABELS)
