@@ -113,33 +113,6 @@ def mean_std(summary: dict[str, Any]) -> str:
     return f"{summary['mean']:.4f} ± {summary['std']:.4f}"
 
 
-def seed_table(name: str) -> Callable[[], str]:
-    """Per seed: best epoch, validation and test accuracy / macro-F1, surprise F1; then mean ± std."""
-
-    def render() -> str:
-        study = load(SEEDS / f"{name}.json")
-        lines = [
-            "| seed | best epoch | val acc | val macro-F1 | test acc [95 %] | test macro-F1 [95 %] "
-            "| test surprise F1 |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for s in study["seeds"]:
-            v, t = s["validation"], s["test"]
-            lines.append(
-                f"| {s['seed']} | {s['epoch']} | {v['acc']['value']:.4f} | {v['f1_macro']['value']:.4f} | "
-                f"{interval(t['acc'])} | {interval(t['f1_macro'])} | "
-                f"{t['f1']['surprise']['value']:.4f} |"
-            )
-        sv, st = study["summary"]["validation"], study["summary"]["test"]
-        lines.append(
-            f"| mean ± std | | {mean_std(sv['acc'])} | {mean_std(sv['f1_macro'])} | {mean_std(st['acc'])} | "
-            f"{mean_std(st['f1_macro'])} | {mean_std(st['f1']['surprise'])} |"
-        )
-        return "\n".join(lines) + "\n"
-
-    return render
-
-
 # The model issue's four arms (MiniLM, fp32, 3 seeds each): study name -> what it adds to the recipe.
 ARMS = {
     "head": "today's recipe (`configs/experiment/offline.yaml`)",
@@ -151,14 +124,26 @@ ARMS = {
 
 def arms_table() -> str:
     """One row per arm from its seed study: validation and test mean ± std, surprise F1, minutes per fit,
-    and ``compare``'s verdict against today's recipe (the study's ``--reference``); "not run yet" rows."""
+    and ``compare`` against today's recipe (the study's ``--reference``): test B - A with its paired 95 %
+    interval and the verdict; "not run yet" rows."""
 
     def minutes(summary: dict[str, Any] | None) -> str:
         return f"{summary['mean']:.1f} ± {summary['std']:.1f}" if summary else "n/a"
 
+    def against(study: dict[str, Any], name: str) -> str:
+        c = (study.get("reference") or {}).get("comparison")
+        if c is None:
+            return "(the reference)" if name == "head" else "not compared yet"
+        d = c["difference"]
+        shifts = [
+            f"{d[m]['value']:+.4f} [{d[m]['ci_low']:+.4f}, {d[m]['ci_high']:+.4f}]"
+            for m in ("acc", "f1_macro")
+        ]
+        return f"{' / '.join(shifts)}: {c['verdict'].split(' (')[0]}"
+
     lines = [
         "| arm | seeds | val acc | val macro-F1 | test acc | test macro-F1 | test surprise F1 | min / fit "
-        "| against today's recipe |",
+        "| test B - A: acc / macro-F1 [95 %] |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, title in ARMS.items():
@@ -168,12 +153,10 @@ def arms_table() -> str:
             continue
         study = load(source)
         sv, st = study["summary"]["validation"], study["summary"]["test"]
-        verdict = (study.get("reference") or {}).get("comparison", {}).get("verdict")
-        verdict = verdict or ("(the reference)" if name == "head" else "not compared yet")
         lines.append(
             f"| {title} | {len(study['seeds'])} | {mean_std(sv['acc'])} | {mean_std(sv['f1_macro'])} | "
             f"{mean_std(st['acc'])} | {mean_std(st['f1_macro'])} | {mean_std(st['f1']['surprise'])} | "
-            f"{minutes(study['summary'].get('fit_minutes'))} | {verdict} |"
+            f"{minutes(study['summary'].get('fit_minutes'))} | {against(study, name)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -341,7 +324,6 @@ RENDERERS: dict[str, tuple[Path, Callable[[], str]]] = {
     "pipeline-metrics": (METRICS, metrics_table(METRICS)),
     "mpnet-metrics": (MPNET, metrics_table(MPNET)),
     "pipeline-calibration": (METRICS, calibration_table),
-    "seeds-head": (SEEDS / "head.json", seed_table("head")),
     "arms": (SEEDS / "head.json", arms_table),
     "sweep-ema": (TUNE / "ema.json", sweep_table("ema")),
     "sweep-distill": (TUNE / "distill.json", sweep_table("distill")),
