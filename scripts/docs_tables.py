@@ -113,6 +113,8 @@ def mean_std(summary: dict[str, Any]) -> str:
     return f"{summary['mean']:.4f} ± {summary['std']:.4f}"
 
 
+# The arms' factors: a `compare` of the 6 models with it against the 6 without (results/compare/<name>.json).
+FACTORS = ("distillation", "averaging")
 # The model issue's four arms (MiniLM, fp32, 3 seeds each): study name -> what it adds to the recipe.
 ARMS = {
     "head": "today's recipe (`configs/experiment/offline.yaml`)",
@@ -120,6 +122,15 @@ ARMS = {
     "distill": "distilled from MPNet (`configs/experiment/distill.yaml`, `teachers/mpnet.npz`)",
     "distill_ema": "distilled + weight averaging",
 }
+
+
+def paired(c: dict[str, Any]) -> list[str]:
+    """A ``compare`` result in a table's cells: test accuracy and macro-F1 B - A [95 %], the verdict."""
+    d = c["difference"]
+    shifts = [
+        f"{d[m]['value']:+.4f} [{d[m]['ci_low']:+.4f}, {d[m]['ci_high']:+.4f}]" for m in ("acc", "f1_macro")
+    ]
+    return [*shifts, c["verdict"].split(" (")[0]]
 
 
 def arms_table() -> str:
@@ -134,12 +145,8 @@ def arms_table() -> str:
         c = (study.get("reference") or {}).get("comparison")
         if c is None:
             return "(the reference)" if name == "head" else "not compared yet"
-        d = c["difference"]
-        shifts = [
-            f"{d[m]['value']:+.4f} [{d[m]['ci_low']:+.4f}, {d[m]['ci_high']:+.4f}]"
-            for m in ("acc", "f1_macro")
-        ]
-        return f"{' / '.join(shifts)}: {c['verdict'].split(' (')[0]}"
+        acc, f1, verdict = paired(c)
+        return f"{acc} / {f1}: {verdict}"
 
     lines = [
         "| arm | seeds | val acc | val macro-F1 | test acc | test macro-F1 | test surprise F1 | min / fit "
@@ -158,6 +165,19 @@ def arms_table() -> str:
             f"{mean_std(st['acc'])} | {mean_std(st['f1_macro'])} | {mean_std(st['f1']['surprise'])} | "
             f"{minutes(study['summary'].get('fit_minutes'))} | {against(study, name)} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def factors_table() -> str:
+    """The four arms as a 2 x 2 design: each factor's main effect, the 6 models with it against the 6
+    without (the same seeds paired), from ``compare --output`` files in ``results/compare/``."""
+    lines = [
+        "| factor: B against A (6 models each) | test acc B - A [95 %] | macro-F1 B - A [95 %] | verdict |",
+        "|---|---:|---:|---|",
+    ]
+    for name in FACTORS:
+        c = load(COMPARE / f"{name}.json")
+        lines.append(f"| {c['names']['b']} against {c['names']['a']} | {' | '.join(paired(c))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -325,6 +345,7 @@ RENDERERS: dict[str, tuple[Path, Callable[[], str]]] = {
     "mpnet-metrics": (MPNET, metrics_table(MPNET)),
     "pipeline-calibration": (METRICS, calibration_table),
     "arms": (SEEDS / "head.json", arms_table),
+    "factors": (COMPARE / "averaging.json", factors_table),
     "sweep-ema": (TUNE / "ema.json", sweep_table("ema")),
     "sweep-distill": (TUNE / "distill.json", sweep_table("distill")),
     "compare-calibrator": (COMPARE / "calibrator.json", comparison(COMPARE / "calibrator.json")),

@@ -153,3 +153,25 @@ def test_a_programming_error_still_raises(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setattr(drift, "drift", broken)
     with pytest.raises(KeyError, match="a bug"):
         run_main("drift", "--reference", str(tmp_path), "--current", str(tmp_path), "--output", str(tmp_path))
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    """``emotions-pl ... | head``: output into a pipe nobody reads any more is no traceback, exit 1.
+    A subprocess: the point is the process's own stdout and its exit."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes (deterministic, unlike a real `head`)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "emotions_pl", "--version"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (1, "")

@@ -64,6 +64,12 @@ def main(argv: list[str] | None = None) -> None:
         os.environ[DEBUG_ENV] = "1"  # also for the processes a run starts (DDP)
     try:
         code = dispatch(argv)
+        sys.stdout.flush()  # a reader that went away shows here, not as an exception at exit
+    except BrokenPipeError:
+        # `emotions-pl compare ... | head`: stop quietly like any filter. Python flushes stdout again at
+        # exit, so it points at /dev/null first (the recipe of the `signal` module's docs), exit 1 as there.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
     except Exception as error:
         found = None if debug_enabled() else user_message(error)
         if found is None:
