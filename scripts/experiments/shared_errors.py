@@ -1,15 +1,17 @@
 """What limits the test score: the test rows that every model gets wrong, over the committed predictions.
 
     python -m scripts.experiments.shared_errors --data ../shared/data/emotion \\
-        --model head=results/seeds/head.json --model mpnet=results/mpnet/predictions.csv ...
+        --model head=results/seeds/head.json --model ema=results/seeds/ema.json \\
+        --model distill=results/seeds/distill.json --model distill_ema=results/seeds/distill_ema.json \\
+        --model mpnet=results/mpnet/predictions.csv
 
 Each ``--model NAME=SPEC`` is a ``compare`` side (a seed study's JSON, a predictions file, a comma list);
 its members are read through ``compare`` and checked to hold the data's rows. A row that no member of any
 model gets right is a shared error: a different recipe, seed or a 5x larger model did not fix it, so it is
 most likely an ambiguous or mislabelled text (the data report counts 51 texts that carry two labels). The
-accuracy if every other row were right is the ceiling of what these models could reach together; per class,
-the same for F1's recall side. Writes ``results/compare/shared_errors.json`` (``scripts/docs_tables.py``
-renders it into docs/results.md).
+accuracy if every other row were right is the ceiling of what these models could reach together. Per class:
+its rows and its shared errors, with the label most members give them. Writes
+``results/compare/shared_errors.json`` (``scripts/docs_tables.py`` renders it into docs/results.md).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def shared_errors(data: Path, models: dict[str, str]) -> dict:
     return {
         "models": files,
         "rows": rows,
-        "members": int(predicted.shape[1]),
+        "members": predicted.shape[1],
         "member_accuracy": {"min": float(right.mean(0).min()), "max": float(right.mean(0).max())},
         "missed_by_all": int(missed.sum()),
         "missed_by_any": int((~right.all(axis=1)).sum()),
