@@ -81,14 +81,14 @@ def calibration_table() -> str:
         "| its floor 95th pct | NLL | accuracy |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+    stages = (
+        ("validation_before", "validation, raw"),
+        ("validation", "validation, calibrated"),
+        ("before", "test, raw"),
+        ("after", "test, calibrated"),
+    )
     rows: dict[str, list[str]] = {}
     for v in variants:
-        stages = (
-            ("validation_before", "validation, raw"),
-            ("validation", "validation, calibrated"),
-            ("before", "test, raw"),
-            ("after", "test, calibrated"),
-        )
         rows[v] = [
             f"| {where} | {m[p + 'ece']:.4f} [{m[p + 'ece_low']:.4f}, {m[p + 'ece_high']:.4f}] | "
             f"{m[p + 'ece_floor_median']:.4f} / {m[p + 'ece_floor_p95']:.4f} | {m[p + 'ece_mass']:.4f} | "
@@ -103,10 +103,6 @@ def calibration_table() -> str:
     if same:
         lines += ["", f"{', '.join(same)}: the same values as fp32."]
     return "\n".join(lines) + "\n"
-
-
-def interval(entry: dict[str, float]) -> str:
-    return f"{entry['value']:.4f} [{entry['ci_low']:.4f}, {entry['ci_high']:.4f}]"
 
 
 def mean_std(summary: dict[str, Any]) -> str:
@@ -204,13 +200,12 @@ def sweep_table(name: str) -> Callable[[], str]:
     return render
 
 
-def comparison(path: Path, key: str | None = None) -> Callable[[], str]:
-    """A ``compare`` result (its ``--output``, or ``key`` of a seed study: the comparison it ran against
-    its reference): each side, B - A with its paired interval, McNemar, the verdict."""
+def comparison(path: Path) -> Callable[[], str]:
+    """A ``compare`` result (its ``--output``): each side, B - A with its paired interval, McNemar, the
+    verdict."""
 
     def render() -> str:
         c = load(path)
-        c = c[key]["comparison"] if key else c
         a, b = c["names"]["a"], c["names"]["b"]
         sizes = {s: f"{len(c['members'][s])} model" + ("s" * (len(c["members"][s]) > 1)) for s in ("a", "b")}
         lines = [

@@ -5,7 +5,10 @@ except where the environment must be set before a library is imported."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,10 +161,6 @@ def test_a_programming_error_still_raises(monkeypatch: pytest.MonkeyPatch, tmp_p
 def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
     """``emotions-pl ... | head``: output into a pipe nobody reads any more is no traceback, exit 1.
     A subprocess: the point is the process's own stdout and its exit."""
-    import os
-    import subprocess
-    import sys
-
     read, write = os.pipe()
     os.close(read)  # the reader is gone before the command writes (deterministic, unlike a real `head`)
     try:

@@ -40,8 +40,8 @@ def shared_errors(data: Path, models: dict[str, str]) -> dict:
     predicted = np.stack(
         [
             np.asarray(read_predictions_file(Path(f), texts, targets, LABELS))
-            for name in files
-            for f in files[name]
+            for paths in files.values()
+            for f in paths
         ],
         axis=1,
     )
